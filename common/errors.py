@@ -1,0 +1,52 @@
+"""Error types raised across the project.
+
+Every message says what was wrong, the value seen, and how to fix it (STYLE.md "Errors").
+"""
+
+
+class DeepRetrievalError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(DeepRetrievalError):
+    """A config value is missing, malformed or out of range."""
+
+
+class DatasetError(DeepRetrievalError):
+    """A data set folder is missing or not in the expected layout."""
+
+
+class SchemaVersionError(DeepRetrievalError):
+    """A wire message carries a schema version this code does not read."""
+
+
+class SchemaError(DeepRetrievalError):
+    """A wire message is missing a field or has one of the wrong type."""
+
+
+class IndexMissingError(DeepRetrievalError):
+    """A search index was asked for but has not been built."""
+
+
+class BackendUnavailable(DeepRetrievalError):
+    """A search backend could not answer (after retries): the reward is `unavailable`."""
+
+
+class RateLimited(BackendUnavailable):
+    """The API refused a request for exceeding its rate limit (HTTP 429).
+
+    Args:
+        retry_after_s: seconds the server asked us to wait, when it said so.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QuerySyntaxError(DeepRetrievalError):
+    """A search query could not be parsed by the engine's query language."""
+
+
+class ModelError(DeepRetrievalError):
+    """A model checkpoint could not be found, converted or loaded."""
