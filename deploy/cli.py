@@ -17,10 +17,8 @@ from deepretrieval.common.errors import DeepRetrievalError
 # Explicit registry: command modules, in the order `--help` lists them. Nothing registers itself.
 COMMAND_MODULES: tuple[str, ...] = (
     "deepretrieval.deploy.cmd_model",
-    "deepretrieval.deploy.cmd_data",
     "deepretrieval.deploy.cmd_index",
     "deepretrieval.deploy.cmd_eval",
-    "deepretrieval.deploy.cmd_emulate",
 )
 
 

@@ -1,0 +1,80 @@
+"""`deepretrieval eval`: original vs rewritten queries on a BEIR split, trec_eval metrics side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from deepretrieval.common.errors import DatasetError
+from deepretrieval.deploy.cli_args import add_common_args, paths_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate original (and rewritten) queries: nDCG@10, Recall@10/100/1000, MRR@10")
+    p.add_argument("--dataset", required=True, help="data set name under the data root, or a path to a BEIR-layout folder")
+    p.add_argument("--split", default="test", help="qrels split (default: test)")
+    p.add_argument("--retriever", choices=["bm25", "dense"], default="bm25", help="retriever (default: bm25)")
+    p.add_argument("--queries", type=Path, default=None, help='JSONL of rewritten queries {"_id", "query"}')
+    p.add_argument("--depth", type=int, default=1000, help="hits retrieved per query (default 1000)")
+    p.add_argument("--k1", type=float, default=None, help="bm25 k1 (default 0.9)")
+    p.add_argument("--b", type=float, default=None, help="bm25 b (default 0.4)")
+    p.add_argument("--json", type=Path, default=None, dest="json_out", help="write the report as JSON here")
+    add_common_args(p)
+    p.set_defaults(func=run)
+
+
+def read_rewritten(path: Path) -> dict[str, str]:
+    """Read `{"_id", "query"}` lines; a malformed line is a DatasetError naming it."""
+    out: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DatasetError(f"--queries file {path} cannot be read: {e}") from e
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            qid, query = str(obj["_id"]), obj["query"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise DatasetError(f'{path}:{lineno}: expected {{"_id": ..., "query": ...}}, got {line[:80]!r}') from e
+        if not isinstance(query, str):
+            raise DatasetError(f"{path}:{lineno}: query must be a string, got {type(query).__name__}")
+        out[qid] = query
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepretrieval.common.config import BM25Config
+    from deepretrieval.common.datasets import BeirDataset
+    from deepretrieval.rewarders.retrieval import EvalReport, evaluate_query_sets, open_retriever
+
+    paths = paths_from_args(args)
+    ds = BeirDataset.open(args.dataset, paths.data_root)
+    queries, qrels = ds.split_queries(args.split)
+    query_sets = {"original": queries}
+    extra: dict[str, object] = {}
+    if args.queries is not None:
+        rewritten = read_rewritten(args.queries)
+        missing = [q for q in queries if q not in rewritten]
+        if len(missing) == len(queries):
+            raise DatasetError(f"{args.queries} has none of the {len(queries)} query ids of {ds.name}/{args.split}")
+        if missing:
+            log.warning("%d of %d queries have no rewrite in %s; they score 0", len(missing), len(queries), args.queries)
+        query_sets["rewritten"] = rewritten
+        extra["rewritten_missing"] = len(missing)
+    bm25 = BM25Config(**{k: v for k, v in (("k1", args.k1), ("b", args.b)) if v is not None})
+    retriever = open_retriever(ds, paths.index_dir, args.retriever, bm25=bm25)
+    means, per_q, seconds = evaluate_query_sets(retriever, qrels, query_sets, depth=args.depth)
+    extra["search_seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    report = EvalReport(ds.name, args.split, args.retriever, len(queries), means, per_q, extra)
+    print(report.table())
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report.to_json(), indent=1))
+        print(f"wrote {args.json_out}")
+    return 0

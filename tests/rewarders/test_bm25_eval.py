@@ -1,0 +1,73 @@
+"""BM25 through pyserini: index build, the BEIR SciFact acceptance figures, any BEIR folder, `eval`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deepretrieval.common.config import BM25Config
+from deepretrieval.common.datasets import BeirDataset
+from deepretrieval.deploy.cli import main
+from deepretrieval.rewarders.base import SearchBackend
+from deepretrieval.rewarders.bm25 import BM25Backend
+from deepretrieval.rewarders.lucene_index import ensure_lucene_index, lucene_index_dir
+
+
+def _eval(args: list[str], tmp_path: Path, data_root: Path, index_root: Path) -> dict:
+    out = tmp_path / "eval.json"
+    rc = main(["eval", *args, "--json", str(out), "--data-root", str(data_root), "--home", str(index_root.parent)])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def test_scifact_matches_published_pyserini_flat(tmp_path, data_root, index_root):
+    report = _eval(["--dataset", "scifact", "--split", "test", "--retriever", "bm25"], tmp_path, data_root, index_root)
+    m = report["metrics"]["original"]
+    assert report["num_queries"] == 300
+    assert m["ndcg@10"] == pytest.approx(0.6789, abs=0.005)
+    assert m["recall@100"] == pytest.approx(0.9253, abs=0.005)
+    assert set(report["per_query"]) == set(BeirDataset.open("scifact", data_root).split_queries("test")[0])
+
+
+def test_rebuild_is_a_noop_when_up_to_date(data_root, index_root):
+    ds = BeirDataset.open("scifact", data_root)
+    first = ensure_lucene_index(ds, index_root, progress=False)
+    stamp = (lucene_index_dir(ds, index_root, False) / "deepretrieval-index.json").stat().st_mtime_ns
+    again = ensure_lucene_index(ds, index_root, progress=False)
+    assert again == first
+    assert (lucene_index_dir(ds, index_root, False) / "deepretrieval-index.json").stat().st_mtime_ns == stamp
+
+
+def test_any_beir_folder_by_path_with_rewritten_queries(tmp_path, tiny_beir, data_root, index_root):
+    queries, _ = BeirDataset.open(tiny_beir, data_root).split_queries("test")
+    rewritten = tmp_path / "rw.jsonl"
+    # A rewrite that drops every query's text scores zero; one that keeps it scores as the original.
+    lines = [{"_id": q, "query": (t if i % 2 else "zzzqqq unmatched")} for i, (q, t) in enumerate(queries.items())]
+    rewritten.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    report = _eval(["--dataset", str(tiny_beir), "--queries", str(rewritten)], tmp_path, data_root, index_root)
+    for q, i in zip(queries, range(len(queries))):
+        per = report["per_query"][q]
+        if i % 2:
+            assert per["rewritten"] == per["original"]
+        else:
+            assert per["rewritten"]["ndcg@10"] == 0.0
+    assert report["metrics"]["rewritten"]["ndcg@10"] < report["metrics"]["original"]["ndcg@10"]
+
+
+def test_malformed_rewrite_file_is_a_clear_error(tmp_path, tiny_beir, data_root, index_root, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "1", "text": "wrong key"}\n')
+    rc = main(["eval", "--dataset", str(tiny_beir), "--queries", str(bad), "--data-root", str(data_root), "--home", str(index_root.parent)])
+    assert rc == 2
+    assert 'bad.jsonl:1: expected {"_id": ..., "query": ...}' in capsys.readouterr().err
+
+
+async def test_backend_protocol_and_async_search(data_root, index_root):
+    ds = BeirDataset.open("scifact", data_root)
+    backend = BM25Backend(ensure_lucene_index(ds, index_root, progress=False), BM25Config())
+    assert isinstance(backend, SearchBackend)
+    res = await backend.search("0-dimensional biomaterials show inductive properties", 5)
+    assert len(res.ids) == 5 and res.scores == sorted(res.scores, reverse=True)
+    assert "k1=0.9" in backend.version
+    assert backend.doc_text(res.ids[0]) and backend.doc_text("no-such-doc") is None
+    await backend.close()
