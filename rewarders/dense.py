@@ -8,10 +8,8 @@ SciFact index did not). Re-running with an up-to-date index is a no-op.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
-import shutil
 import tempfile
 import time
 from concurrent.futures import Executor
@@ -25,10 +23,9 @@ from deepretrieval.common.config import DenseConfig
 from deepretrieval.common.datasets import BeirDataset
 from deepretrieval.common.errors import IndexMissingError, ModelError
 from deepretrieval.rewarders.base import SearchResult
+from deepretrieval.rewarders.index_store import build_lock, manifest_version, publish, write_manifest
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "deepretrieval-index.json"
 Run = dict[str, dict[str, float]]
 
 
@@ -94,8 +91,7 @@ def open_dense_index(ds: BeirDataset, index_root: Path, config: DenseConfig) -> 
     """
     path = dense_index_dir(ds, index_root, config)
     want = _version(ds, config)
-    m = path / MANIFEST
-    if m.is_file() and json.loads(m.read_text()).get("version") == want:
+    if manifest_version(path) == want:
         return DenseIndex(path=path, version=want)
     raise IndexMissingError(f"no up-to-date dense index of {ds.name} under {index_root}; run `deepretrieval index build --dataset {ds.root} --kind dense`")
 
@@ -132,23 +128,18 @@ def build_dense_index(ds: BeirDataset, index_root: Path, config: DenseConfig, pr
         staging.mkdir()
         faiss.write_index(index, str(staging / "index.faiss"))
         (staging / "docids.json").write_text(json.dumps(ids))
-        (staging / MANIFEST).write_text(json.dumps({
+        write_manifest(staging, {
             "version": version, "dataset": str(ds.root), "documents": len(ids), "dim": int(vecs.shape[1]),
             "encoder": config.encoder, "build_seconds": round(time.perf_counter() - t0, 3),
-        }, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        })
+        publish(staging, final)
     log.info("built %s (%d docs) in %.1fs", final, len(ids), time.perf_counter() - t0)
     return DenseIndex(path=final, version=version)
 
 
 def ensure_dense_index(ds: BeirDataset, index_root: Path, config: DenseConfig, progress: bool = True) -> DenseIndex:
     """The up-to-date dense index, built once even with concurrent callers (file lock)."""
-    lock_path = dense_index_dir(ds, index_root, config).with_suffix(".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with build_lock(dense_index_dir(ds, index_root, config)):
         try:
             return open_dense_index(ds, index_root, config)
         except IndexMissingError:

@@ -8,10 +8,8 @@ it for `[ti]` searches). Re-running with an up-to-date index is a no-op.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import shutil
 import subprocess
 import tempfile
 import time
@@ -22,11 +20,10 @@ from tqdm import tqdm
 
 from deepretrieval.common.datasets import BeirDataset
 from deepretrieval.common.errors import IndexMissingError
+from deepretrieval.rewarders.index_store import build_lock, manifest_version, publish, write_manifest
 from deepretrieval.rewarders.lucene_env import anserini_jar, java_bin
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "deepretrieval-index.json"
 
 
 @dataclass(frozen=True)
@@ -59,12 +56,9 @@ def open_lucene_index(ds: BeirDataset, index_root: Path, *, multifield: bool = F
         IndexMissingError: not built yet, or built from another version of the corpus.
     """
     path = lucene_index_dir(ds, index_root, multifield)
-    manifest = path / MANIFEST
     want = _version(ds, multifield)
-    if manifest.is_file():
-        have = json.loads(manifest.read_text()).get("version")
-        if have == want:
-            return LuceneIndex(path=path, version=want, multifield=multifield)
+    if manifest_version(path) == want:
+        return LuceneIndex(path=path, version=want, multifield=multifield)
     kind = "bm25 (multifield)" if multifield else "bm25"
     raise IndexMissingError(
         f"no up-to-date {kind} index of {ds.name} under {index_root}; "
@@ -121,13 +115,11 @@ def build_lucene_index(ds: BeirDataset, index_root: Path, *, multifield: bool = 
                 raise RuntimeError(f"Anserini indexing of {ds.name} failed (rc={proc.returncode}):\n{proc.stderr[-2000:]}")
             bar.update(n_docs)
         version = _version(ds, multifield)
-        (staging / MANIFEST).write_text(json.dumps({
+        write_manifest(staging, {
             "version": version, "dataset": str(ds.root), "documents": n_docs, "multifield": multifield,
             "analyzer": "anserini-default-english", "build_seconds": round(time.perf_counter() - t0, 3),
-        }, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        })
+        publish(staging, final)
     log.info("built %s (%d docs) in %.1fs", final, n_docs, time.perf_counter() - t0)
     return LuceneIndex(path=final, version=version, multifield=multifield)
 
@@ -138,10 +130,7 @@ def ensure_lucene_index(ds: BeirDataset, index_root: Path, *, multifield: bool =
     Concurrent callers (test workers, several rewarders) are serialised by a file lock, so the
     index is built once.
     """
-    lock_path = lucene_index_dir(ds, index_root, multifield).with_suffix(".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with build_lock(lucene_index_dir(ds, index_root, multifield)):
         try:
             return open_lucene_index(ds, index_root, multifield=multifield)
         except IndexMissingError:
