@@ -50,3 +50,7 @@ class QuerySyntaxError(DeepRetrievalError):
 
 class ModelError(DeepRetrievalError):
     """A model checkpoint could not be found, converted or loaded."""
+
+
+class EngineError(DeepRetrievalError):
+    """A generation engine could not start, generate, or load a weights folder."""

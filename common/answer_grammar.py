@@ -1,0 +1,211 @@
+"""The lexical grammar of the policy's answer format, as regular expressions.
+
+One definition serves two users: the parser (`answer_format.parse_answer`) checks the JSON object
+against `json_object_regex`, and `answer_regex` gives the whole completion as one regex for
+grammar-constrained sampling (vLLM structured outputs / xgrammar). Both describe the same language,
+so what a constrained sampler writes is exactly what the parser accepts (TASKS.md §1, §7).
+
+The regexes use only constructs Python `re` and xgrammar's regex front end share: character
+classes, `(?:...)`, `*`, `+`, `?`, `{m,n}` and `\\uXXXX` escapes; no anchors, no lookaround.
+
+The language (think mode "prefill"; see `answer_regex` for the others)::
+
+    REASONING </think> WS <answer> WS {WS "key" WS : WS "VALUE" WS} WS </answer> WS
+
+- WS is JSON whitespace (space, tab, LF, CR), zero or more.
+- REASONING is any text without the four tags `<think>`, `</think>`, `<answer>`, `</answer>`.
+- VALUE is a JSON string body (RFC 8259 escapes) that holds none of the four tags as raw text
+  and decodes to a string with at least one character that is not whitespace (`str.isspace`).
+- The key is written literally (no escapes); there is exactly one key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deepretrieval.common.answer_format import AnswerFormat
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+ANSWER_OPEN = "<answer>"
+ANSWER_CLOSE = "</answer>"
+TAGS: tuple[str, ...] = (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+
+JSON_WHITESPACE = " \t\n\r"
+"""Whitespace allowed between tags and around JSON tokens (the JSON set)."""
+
+UNICODE_WHITESPACE: frozenset[int] = frozenset(
+    [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]
+)
+"""Code points for which `str.isspace()` is true (checked against the running Python in tests)."""
+
+_HEX_DIGIT = "[0-9a-fA-F]"
+_WSJ = "[ \\t\\n\\r]*"
+# Tags all start with "<" and hold no other "<"; the tag-free construction below relies on it.
+_TAG_SUFFIXES = tuple(tag[1:] for tag in TAGS)
+
+
+def _u(cp: int) -> str:
+    """A code point as a `\\uXXXX` regex escape (BMP only; all code points used here are)."""
+    return f"\\u{cp:04x}"
+
+
+def _class_items(cps: Iterable[int]) -> str:
+    """Code points as the inside of a character class, runs written as ranges."""
+    out: list[str] = []
+    ordered = sorted(set(cps))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(_u(ordered[i]) if i == j else f"{_u(ordered[i])}-{_u(ordered[j])}")
+        i = j + 1
+    return "".join(out)
+
+
+def _hex_digit_class(digits: list[int]) -> str:
+    """A class matching the given hex digit values, letters in both cases."""
+    chars = "".join(f"{d:x}{d:X}" if d > 9 else str(d) for d in digits)
+    return "[" + "".join(dict.fromkeys(chars)) + "]"
+
+
+def _hex_number_regex(values: frozenset[int], width: int, complement: bool) -> str | None:
+    """Regex for `width` hex digits whose value is in `values` (or not in it, if `complement`).
+
+    Returns None when no digit string qualifies. Built as a trie over the digits, merging digits
+    whose continuations are the same regex into one character class.
+    """
+    space = 16**width
+    if not values or len(values) == space:
+        everything = (not values) == complement
+        if not everything:
+            return None
+        return "" if width == 0 else f"{_HEX_DIGIT}{{{width}}}"
+    place = 16 ** (width - 1)
+    by_rest: dict[str, list[int]] = {}
+    for digit in range(16):
+        rest = frozenset(v - digit * place for v in values if v // place == digit)
+        sub = _hex_number_regex(rest, width - 1, complement)
+        if sub is not None:
+            by_rest.setdefault(sub, []).append(digit)
+    alternatives = [_hex_digit_class(digits) + sub for sub, digits in by_rest.items()]
+    return alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
+
+
+def _unit_regex(excluded_literals: str, literal_ws: bool | None, escapes: str, hex_ws: bool | None) -> str:
+    """One JSON string unit (a raw character or an escape sequence), filtered.
+
+    Args:
+        excluded_literals: ASCII characters the raw-character branch must not match.
+        literal_ws: True = raw whitespace characters only, False = none of them, None = no filter.
+        escapes: the single-letter escapes allowed (subset of `"\\/bfnrt`).
+        hex_ws: True = `\\uXXXX` of whitespace only, False = of non-whitespace only, None = any.
+    """
+    raw_ws = [cp for cp in UNICODE_WHITESPACE if cp >= 0x20]
+    if literal_ws:
+        literal = "[" + _class_items(cp for cp in raw_ws if chr(cp) not in excluded_literals) + "]"
+    else:
+        skip = _class_items(raw_ws) if literal_ws is False else ""
+        extra = "".join(re.escape(c) for c in excluded_literals)
+        literal = f'[^"\\\\\\u0000-\\u001f{extra}{skip}]'
+    branches = [literal]
+    if escapes:
+        branches.append("\\\\[" + "".join(re.escape(c) for c in escapes) + "]")
+    hex_part = (
+        f"{_HEX_DIGIT}{{4}}" if hex_ws is None else _hex_number_regex(UNICODE_WHITESPACE, 4, complement=not hex_ws)
+    )
+    if hex_part is not None:
+        branches.append("\\\\u" + hex_part)
+    return "(?:" + "|".join(branches) + ")"
+
+
+def _tag_free_parts(plain: Callable[[str], str]) -> tuple[str, str]:
+    """Regexes of the pieces of tag-free text that start with "<".
+
+    Args:
+        plain: maps a string of excluded ASCII characters to a regex of one unit that is neither
+            "<" nor any excluded character.
+
+    Returns:
+        (token, tail): `token` is a run of "<" plus text that can no longer complete a tag;
+        `tail` is a run of "<" plus text that could still grow into a tag, allowed only at the end.
+    """
+    prefixes = sorted({s[:i] for s in _TAG_SUFFIXES for i in range(len(s))})
+    breaks = []
+    for p in prefixes:
+        nexts = "".join(sorted({s[len(p)] for s in _TAG_SUFFIXES if s.startswith(p) and len(s) > len(p)}))
+        breaks.append(re.escape(p) + plain(nexts))
+    nonempty = [re.escape(p) for p in prefixes if p]
+    chain = "<+(?:(?:" + "|".join(nonempty) + ")<+)*"
+    token = chain + "(?:" + "|".join(breaks) + ")"
+    tail = chain + "(?:" + "|".join(nonempty) + ")?"
+    return token, tail
+
+
+# The builders below are pure; memoised because the parser checks every completion against
+# `json_object_regex` and building it takes about a millisecond.
+@lru_cache(maxsize=1)
+def tag_free_text_regex() -> str:
+    """Regex of any text (newlines included) that contains none of the four tags."""
+    token, tail = _tag_free_parts(lambda excluded: "[^<" + re.escape(excluded) + "]")
+    return f"(?:[^<]|{token})*(?:{tail})?"
+
+
+@lru_cache(maxsize=1)
+def json_string_body_regex() -> str:
+    """Regex of a JSON string body (between the quotes) that is tag-free and decodes non-blank."""
+    any_unit = _unit_regex("<", None, '"\\/bfnrt', None)
+    ws_unit = _unit_regex("<", True, "fnrt", True)
+    solid_unit = _unit_regex("<", False, '"\\/b', False)
+    token, tail = _tag_free_parts(lambda excluded: _unit_regex("<" + excluded, None, '"\\/bfnrt', None))
+    rest = f"(?:{any_unit}|{token})*(?:{tail})?"
+    return f"{ws_unit}*(?:{solid_unit}{rest}|{token}{rest}|{tail})"
+
+
+@lru_cache(maxsize=16)
+def json_object_regex(key: str) -> str:
+    """Regex of the answer object `{"<key>": "<non-blank string>"}` with JSON whitespace around.
+
+    Args:
+        key: the one key (an identifier; written literally, without escapes).
+
+    Returns:
+        A regex for the whole text between `<answer>` and `</answer>`.
+    """
+    return f'{_WSJ}\\{{{_WSJ}"{re.escape(key)}"{_WSJ}:{_WSJ}"{json_string_body_regex()}"{_WSJ}\\}}{_WSJ}'
+
+
+def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None) -> str:
+    """A regex matching exactly the completions `parse_answer(completion, fmt)` accepts.
+
+    For grammar-constrained sampling (e.g. vLLM `StructuredOutputsParams(regex=...)`). Match it
+    against the whole completion (the text after the prompt and the prefill).
+
+    Args:
+        fmt: the answer format (key and think mode).
+        max_reasoning_chars: None: the reasoning is any tag-free text, and the regex accepts
+            exactly what the parser accepts. An int N: the reasoning is at most N characters and
+            holds no "<" at all (a bounded tag-free language has no compact regex); every match is
+            still accepted by the parser, which accepts more (longer reasoning, or with "<").
+
+    Returns:
+        The regex (no anchors; use `re.fullmatch` in Python).
+    """
+    if max_reasoning_chars is None:
+        reasoning = tag_free_text_regex()
+    else:
+        if max_reasoning_chars < 0:
+            raise ValueError(f"max_reasoning_chars must be >= 0, got {max_reasoning_chars}")
+        reasoning = f"[^<]{{0,{max_reasoning_chars}}}"
+    answer = f"{re.escape(ANSWER_OPEN)}{json_object_regex(fmt.key)}{re.escape(ANSWER_CLOSE)}{_WSJ}"
+    think_block = f"{reasoning}{re.escape(THINK_CLOSE)}{_WSJ}"
+    if fmt.think == "prefill":
+        return think_block + answer
+    if fmt.think == "generate":
+        return f"{_WSJ}{re.escape(THINK_OPEN)}" + think_block + answer
+    return _WSJ + answer

@@ -1,0 +1,251 @@
+"""The task registry: what each of the six tasks asks, how it is answered and scored (TASKS.md).
+
+A task is data: a prompt template, an answer format, a backend kind, k, sampling settings and a
+reward config. `get_task(name, overrides)` returns the validated `TaskSpec`; `build_messages`
+renders the chat messages (system + user) the tokenizer's own chat template turns into a prompt,
+after which the assistant turn starts with `spec.answer.prefill`.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from deepretrieval.common.answer_format import AnswerFormat, format_instruction
+from deepretrieval.common.config import StrictModel, validate_config
+from deepretrieval.common.errors import ConfigError
+from deepretrieval.common.reward_config import (
+    AnswerRankRewardConfig,
+    ExecutionRewardConfig,
+    NdcgRewardConfig,
+    RecallRewardConfig,
+    RewardConfig,
+)
+
+BackendKind = Literal["pubmed", "ctgov", "bm25", "dense", "sql"]
+TargetKind = Literal["ids", "answers", "sql"]
+
+_PLACEHOLDERS = frozenset({"request", "format", "schema"})
+
+
+class PromptTemplate(StrictModel):
+    """Chat messages of a task; `str.format` placeholders {request}, {format}, optional {schema}."""
+
+    system: str = Field(min_length=1, description="System turn.")
+    user: str = Field(
+        description="User turn. Must hold {request} (the raw request) and {format} (the answer-shape instruction, "
+        "from the answer format: the shape only, never a concrete answer). {schema}: the database schema (sql)."
+    )
+
+    @model_validator(mode="after")
+    def _placeholders_known(self) -> PromptTemplate:
+        try:
+            names = {name for _, name, _, _ in string.Formatter().parse(self.user) if name is not None}
+        except ValueError as e:
+            raise ValueError(f"user: not a valid format string ({e}); write literal braces as {{{{ }}}}") from e
+        unknown = names - _PLACEHOLDERS
+        if unknown:
+            raise ValueError(f"user: unknown placeholder(s) {sorted(unknown)}; allowed: {sorted(_PLACEHOLDERS)}")
+        missing = {"request", "format"} - names
+        if missing:
+            raise ValueError(f"user: must contain {{request}} and {{format}}; missing {sorted(missing)}")
+        return self
+
+    @property
+    def needs_schema(self) -> bool:
+        """Whether rendering needs a database schema."""
+        return any(name == "schema" for _, name, _, _ in string.Formatter().parse(self.user))
+
+
+class TaskSpec(StrictModel):
+    """One task: prompt, answer format, backend, k, sampling and reward (defaults: TASKS.md §1-§4)."""
+
+    name: str = Field(description="Registry name: pubmed, ctgov, sparse, dense, qa or sql.")
+    prompt: PromptTemplate = Field(description="System and user turns.")
+    answer: AnswerFormat = Field(description="Answer key and think mode (prefilled <think> by default).")
+    backend: BackendKind = Field(description="Kind of search backend scoring the answer.")
+    k_train: int | None = Field(ge=1, description="Results fetched per query during training; None for sql (all rows up to the backend's row cap).")
+    k_eval: int | None = Field(ge=1, description="Results fetched per query in evaluation; None for sql.")
+    temperature: float = Field(ge=0, le=2, description="Sampling temperature in training (TASKS.md §4: 1.0 PubMed/CTGov/NQ, 0.6 BEIR/SQL).")
+    eval_temperature: float = Field(0.0, ge=0, le=2, description="Temperature in validation (0 = greedy, as the paper).")
+    max_new_tokens: int = Field(512, ge=1, le=32768, description="Generation limit per completion (TASKS.md §1: 512).")
+    reward: RewardConfig = Field(description="Format term + outcome term, chosen by `type`.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        is_sql = [self.backend == "sql", self.reward.type == "execution", self.answer.key == "sql"]
+        if any(is_sql) and not all(is_sql):
+            raise ValueError(
+                f"backend 'sql', reward.type 'execution' and answer.key 'sql' go together; "
+                f"got backend={self.backend!r}, reward.type={self.reward.type!r}, answer.key={self.answer.key!r}"
+            )
+        if not is_sql[0] and (self.k_train is None or self.k_eval is None):
+            raise ValueError(f"k_train and k_eval are required for backend {self.backend!r}")
+        return self
+
+    @property
+    def target_kind(self) -> TargetKind:
+        """What the ground truth of a request is: graded ids, answers, or gold SQL."""
+        kinds: dict[str, TargetKind] = {"recall": "ids", "ndcg": "ids", "answer_rank": "answers", "execution": "sql"}
+        return kinds[self.reward.type]
+
+
+def build_messages(spec: TaskSpec, request: str, *, schema: str | None = None) -> list[dict[str, str]]:
+    """The chat messages for one request (system + user); the assistant turn starts with `spec.answer.prefill`.
+
+    Args:
+        spec: the task.
+        request: the raw request text (claim, question, review title, ...).
+        schema: the database schema text, for templates with {schema}.
+
+    Returns:
+        `[{"role": "system", "content": ...}, {"role": "user", "content": ...}]`.
+
+    Raises:
+        ConfigError: the template needs a schema and none was given.
+    """
+    if spec.prompt.needs_schema and schema is None:
+        raise ConfigError(f"task {spec.name!r}: the prompt template has {{schema}} but no schema was given")
+    user = spec.prompt.user.format(request=request, format=format_instruction(spec.answer), schema=schema or "")
+    return [{"role": "system", "content": spec.prompt.system}, {"role": "user", "content": user}]
+
+
+def _template(system: str, instruction: str, label: str, schema: bool = False) -> PromptTemplate:
+    schema_part = "Database schema:\n{schema}\n\n" if schema else ""
+    return PromptTemplate(system=system, user=f"{instruction}\n\n{schema_part}{label}: {{request}}\n\n{{format}}")
+
+
+def pubmed_task() -> TaskSpec:
+    """PubMed publication search: a Boolean query for a systematic review, scored by recall@3000."""
+    return TaskSpec(
+        name="pubmed",
+        prompt=_template(
+            "You are an expert at searching PubMed for medical literature.",
+            "Write a PubMed search query (Boolean operators AND, OR, NOT and MeSH terms are allowed) that retrieves the studies relevant to this systematic review.",
+            "Review",
+        ),
+        answer=AnswerFormat(key="query"),
+        backend="pubmed", k_train=3000, k_eval=3000, temperature=1.0, reward=RecallRewardConfig(),
+    )  # fmt: skip
+
+
+def ctgov_task() -> TaskSpec:
+    """ClinicalTrials.gov trial search, scored by recall@3000."""
+    return TaskSpec(
+        name="ctgov",
+        prompt=_template(
+            "You are an expert at searching ClinicalTrials.gov.",
+            "Write a ClinicalTrials.gov search query that retrieves the clinical trials relevant to this request.",
+            "Request",
+        ),
+        answer=AnswerFormat(key="query"),
+        backend="ctgov", k_train=3000, k_eval=3000, temperature=1.0, reward=RecallRewardConfig(),
+    )  # fmt: skip
+
+
+def sparse_task() -> TaskSpec:
+    """BEIR query rewriting for BM25, scored by nDCG@k (train k=1000, eval k=10)."""
+    return TaskSpec(
+        name="sparse",
+        prompt=_template(
+            "You are an expert in information retrieval.",
+            "Rewrite this request as a keyword query for a BM25 search engine, so that the documents relevant to it rank at the top.",
+            "Request",
+        ),
+        answer=AnswerFormat(key="query"),
+        backend="bm25", k_train=1000, k_eval=10, temperature=0.6, reward=NdcgRewardConfig(),
+    )  # fmt: skip
+
+
+def dense_task() -> TaskSpec:
+    """BEIR query rewriting for a dense (FAISS) retriever, scored by nDCG@k."""
+    return TaskSpec(
+        name="dense",
+        prompt=_template(
+            "You are an expert in information retrieval.",
+            "Rewrite this request as a query for a dense (embedding-based) retriever, so that the documents relevant to it rank at the top.",
+            "Request",
+        ),
+        answer=AnswerFormat(key="query"),
+        backend="dense", k_train=1000, k_eval=10, temperature=0.6, reward=NdcgRewardConfig(),
+    )  # fmt: skip
+
+
+def qa_task() -> TaskSpec:
+    """Evidence seeking: find a passage holding the answer, scored by its rank in BM25 top-3000."""
+    return TaskSpec(
+        name="qa",
+        prompt=_template(
+            "You are an expert at finding evidence with a search engine.",
+            "Write a search query for a BM25 search engine that retrieves a passage containing the answer to this question.",
+            "Question",
+        ),
+        answer=AnswerFormat(key="query"),
+        backend="bm25", k_train=3000, k_eval=100, temperature=1.0, reward=AnswerRankRewardConfig(),
+    )  # fmt: skip
+
+
+def sql_task() -> TaskSpec:
+    """Text-to-SQL on a SQLite database, scored by execution match."""
+    return TaskSpec(
+        name="sql",
+        prompt=_template(
+            "You are an expert in SQL.",
+            "Write one SQLite SELECT statement that answers this question on the database below.",
+            "Question",
+            schema=True,
+        ),
+        answer=AnswerFormat(key="sql"),
+        backend="sql", k_train=None, k_eval=None, temperature=0.6, reward=ExecutionRewardConfig(),
+    )  # fmt: skip
+
+
+TASK_FACTORIES: Mapping[str, Callable[[], TaskSpec]] = MappingProxyType(
+    {"pubmed": pubmed_task, "ctgov": ctgov_task, "sparse": sparse_task, "dense": dense_task, "qa": qa_task, "sql": sql_task}
+)
+"""Registry: task name -> factory of its default spec (read-only; nothing registers itself)."""
+
+
+def task_names() -> list[str]:
+    """The registered task names, in registry order."""
+    return list(TASK_FACTORIES)
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def get_task(name: str, overrides: Mapping[str, Any] | None = None) -> TaskSpec:
+    """The spec of a task, with nested overrides merged over its defaults and validated.
+
+    Args:
+        name: a registered task name (`task_names()`).
+        overrides: nested values to replace, e.g. `{"k_train": 50, "answer": {"think": "off"}}`
+            (from dotted CLI items via `config.apply_overrides({}, items)`).
+
+    Returns:
+        The validated TaskSpec.
+
+    Raises:
+        ConfigError: unknown name (the message lists the valid ones) or invalid overrides (every
+            problem, with its field).
+    """
+    factory = TASK_FACTORIES.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    spec = factory()
+    if not overrides:
+        return spec
+    if overrides.get("name", name) != name:
+        raise ConfigError(f"task {name!r}: overrides may not rename the task (got name={overrides['name']!r})")
+    return validate_config(TaskSpec, _merge(spec.model_dump(), overrides), source=f"task {name!r} with overrides")
