@@ -24,7 +24,8 @@ from deepretrieval.common.errors import SchemaError, SchemaVersionError
 from deepretrieval.common.wire_fields import (LOGPROB_DTYPE, TOKEN_DTYPE, check_bool,  # noqa: F401 (dtypes re-exported)
                                               check_float, check_int, check_logprob_array, check_messages,
                                               check_opt_float, check_opt_str, check_str, check_str_float_map,
-                                              check_str_list, check_str_map, check_token_array, seen, set_frozen)
+                                              check_str_list, check_str_map, check_text, check_token_array, seen,
+                                              set_frozen)
 
 RewardStatus = Literal["ok", "invalid", "unavailable"]
 REWARD_STATUSES: tuple[str, ...] = get_args(RewardStatus)
@@ -204,7 +205,7 @@ _SAMPLING_FIELDS: dict[str, Callable[[Any, str], Any]] = {
 _ROLLOUT_FIELDS: dict[str, Callable[[Any, str], Any]] = {
     "uid": check_str, "group_id": check_str, "prompt_uid": check_str, "policy_version": check_int,
     "prompt_token_ids": check_token_array, "response_token_ids": check_token_array, "logprobs": check_logprob_array,
-    "finish_reason": check_str, "completion": check_str, "engine": check_str, "created_at": check_float,
+    "finish_reason": check_str, "completion": check_text, "engine": check_str, "created_at": check_float,
     "traceparent": check_str, "tracestate": check_str,
 }
 _SCORED_FIELDS: dict[str, Callable[[Any, str], Any]] = {

@@ -25,6 +25,17 @@ def check_str(value: object, path: str) -> str:
     return value
 
 
+def check_text(value: object, path: str) -> str:
+    """A str of generated text, made encodable: lone surrogates (undecodable model bytes) become
+    U+FFFD. The token ids stay exact; only the decoded text is repaired for the wire."""
+    text = check_str(value, path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    return text
+
+
 def check_opt_str(value: object, path: str) -> str | None:
     return None if value is None else check_str(value, path)
 

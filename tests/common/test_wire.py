@@ -165,3 +165,14 @@ def test_decoded_arrays_are_read_only():
     back = decode_as(encode(make_rollout()), Rollout)
     with pytest.raises(ValueError):
         back.logprobs[0] = 0.0
+
+
+def test_undecodable_completion_text_is_repaired_not_rejected():
+    # A model's bytes that are not UTF-8 arrive as lone surrogates; the wire carries U+FFFD instead,
+    # while the token ids stay exact.
+    bad = b"\xff\xfe ok".decode("utf-8", "surrogateescape")
+    r = make_rollout()
+    r2 = Rollout(**{**{f: getattr(r, f) for f in r.__dataclass_fields__}, "completion": bad})
+    back = decode(encode(r2))
+    assert back.completion == "\ufffd\ufffd ok"
+    assert list(back.response_token_ids) == list(r.response_token_ids)

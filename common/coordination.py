@@ -1,0 +1,101 @@
+"""Run-wide coordination state in Redis: the announced policy version and group admission.
+
+Policy versions: the learner (through its WeightSync) announces `(version, weights_dir)`; actors
+read the latest announcement between batches and load it.
+
+Admission control (DESIGN.md §4): a group may start generating only while fewer than
+`max_in_flight` groups are generated-but-not-yet-consumed by the learner. The learner consumes
+`groups_per_step` groups per version, so `max_in_flight = (max_staleness + 1) * groups_per_step`
+bounds how many versions old a sample can be when it is trained: the limit is enforced before
+generation, not by discarding samples after the fact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aredis
+
+# KEYS[1] = in-flight counter; ARGV[1] = groups wanted; ARGV[2] = limit. Atomic check-and-add.
+_RESERVE_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+local want = tonumber(ARGV[1])
+if cur + want <= tonumber(ARGV[2]) then
+  redis.call('INCRBY', KEYS[1], want)
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class PolicyAnnouncement:
+    """A published policy version and where its weights are (a HF safetensors folder)."""
+
+    version: int
+    weights_dir: Path
+
+
+class Coordinator:
+    """Policy announcements and group admission for one run.
+
+    Args:
+        client: asyncio Redis client.
+        run: run name; every key is prefixed with it.
+    """
+
+    def __init__(self, client: aredis.Redis, run: str):
+        self._redis = client
+        self._run = run
+        self._reserve = client.register_script(_RESERVE_LUA)
+
+    @property
+    def _policy_key(self) -> str:
+        return f"{self._run}:policy"
+
+    @property
+    def _inflight_key(self) -> str:
+        return f"{self._run}:groups_in_flight"
+
+    async def announce(self, version: int, weights_dir: Path) -> None:
+        """Publish `version`; an older version never replaces a newer one."""
+        payload = json.dumps({"version": int(version), "weights_dir": str(weights_dir)})
+        current = await self.latest()
+        if current is not None and current.version >= version:
+            return
+        await self._redis.set(self._policy_key, payload)
+        await self._redis.publish(self._policy_key, payload)
+
+    async def latest(self) -> PolicyAnnouncement | None:
+        """The newest announced policy, or None before the first announcement."""
+        raw = await self._redis.get(self._policy_key)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return PolicyAnnouncement(int(data["version"]), Path(data["weights_dir"]))
+
+    async def try_admit(self, groups: int, max_in_flight: int) -> bool:
+        """Reserve `groups` in-flight slots if the limit allows; True when reserved."""
+        return bool(await self._reserve(keys=[self._inflight_key], args=[groups, max_in_flight]))
+
+    async def admit(self, groups: int, max_in_flight: int, poll_s: float = 0.05, stop: asyncio.Event | None = None) -> bool:
+        """Wait until `groups` slots are reserved; False when `stop` was set first."""
+        if groups > max_in_flight:
+            raise ValueError(f"cannot admit {groups} groups with max_in_flight={max_in_flight}")
+        delay = 0.005
+        while not await self.try_admit(groups, max_in_flight):
+            if stop is not None and stop.is_set():
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, poll_s)
+        return True
+
+    async def release(self, groups: int) -> int:
+        """Free `groups` slots (the learner consumed or dropped them); returns the new count."""
+        return int(await self._redis.decrby(self._inflight_key, groups))
+
+    async def in_flight(self) -> int:
+        return int(await self._redis.get(self._inflight_key) or 0)
