@@ -22,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=1000, help="hits retrieved per query (default 1000)")
     p.add_argument("--k1", type=float, default=None, help="bm25 k1 (default 0.9)")
     p.add_argument("--b", type=float, default=None, help="bm25 b (default 0.4)")
+    p.add_argument("--rewriter", type=Path, default=None, help="a policy checkpoint folder: rewrite every query with it (greedy) and compare")
+    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="generation engine for --rewriter (default vllm)")
+    p.add_argument("--task", default=None, help="task whose prompt/answer format the rewriter uses (default: sparse for bm25, dense for dense)")
+    p.add_argument("--temperature", type=float, default=None, help="rewriter temperature (default: the task's eval temperature, 0 = greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="rewriter generation cap (default: the task's)")
+    p.add_argument("--rewrites-out", type=Path, default=None, help="write every rewrite (query, reasoning, format error) as JSONL here")
     p.add_argument("--json", type=Path, default=None, dest="json_out", help="write the report as JSON here")
     add_common_args(p)
     p.set_defaults(func=run)
@@ -67,14 +73,63 @@ def run(args: argparse.Namespace) -> int:
             log.warning("%d of %d queries have no rewrite in %s; they score 0", len(missing), len(queries), args.queries)
         query_sets["rewritten"] = rewritten
         extra["rewritten_missing"] = len(missing)
+    if args.rewriter is not None:
+        rewritten, fallback, stats = _rewrite_with_policy(args, queries)
+        query_sets["rewritten"] = rewritten
+        query_sets["rewritten+fallback"] = fallback
+        extra.update(stats)
     bm25 = BM25Config(**{k: v for k, v in (("k1", args.k1), ("b", args.b)) if v is not None})
     retriever = open_retriever(ds, paths.index_dir, args.retriever, bm25=bm25)
     means, per_q, seconds = evaluate_query_sets(retriever, qrels, query_sets, depth=args.depth)
     extra["search_seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     report = EvalReport(ds.name, args.split, args.retriever, len(queries), means, per_q, extra)
     print(report.table())
+    if "format_broken_share" in extra:
+        print(f"rewriter: {extra['format_broken_share']:.1%} of outputs broke the answer format "
+              f"(scored as empty queries in 'rewritten'; the original query stands in for them in 'rewritten+fallback')")
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report.to_json(), indent=1))
         print(f"wrote {args.json_out}")
     return 0
+
+
+def _rewrite_with_policy(args: argparse.Namespace, queries: dict[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
+    """Rewrite `queries` with the `--rewriter` policy: (strict rewrites, rewrites with fallback, stats)."""
+    import time
+
+    from transformers import AutoTokenizer
+
+    from deepretrieval.actors.engines import make_engine
+    from deepretrieval.actors.rewrite import rewrite_requests
+    from deepretrieval.common.engine_config import HFEngineConfig, VLLMEngineConfig
+    from deepretrieval.common.model_fetch import resolve_model
+    from deepretrieval.common.tasks import get_task
+
+    paths = paths_from_args(args)
+    model_dir = Path(resolve_model(str(args.rewriter), paths.models_dir))
+    task = get_task(args.task or ("dense" if args.retriever == "dense" else "sparse"))
+    engine = make_engine(model_dir, VLLMEngineConfig() if args.engine == "vllm" else HFEngineConfig())
+    t0 = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        rewrites = rewrite_requests(engine, tokenizer, task, queries, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    finally:
+        engine.close()
+    seconds = time.perf_counter() - t0
+    if args.rewrites_out:
+        args.rewrites_out.parent.mkdir(parents=True, exist_ok=True)
+        with args.rewrites_out.open("w", encoding="utf-8") as f:
+            for qid, rw in rewrites.items():
+                f.write(json.dumps({"_id": qid, "original": queries[qid], "query": rw.query, "error": rw.error,
+                                    "reasoning": rw.reasoning, "completion": rw.completion}, ensure_ascii=False) + "\n")
+    strict = {q: rw.query or "" for q, rw in rewrites.items()}
+    fallback = {q: rw.query or queries[q] for q, rw in rewrites.items()}
+    broken = sum(rw.query is None for rw in rewrites.values())
+    errors: dict[str, int] = {}
+    for rw in rewrites.values():
+        if rw.error:
+            errors[rw.error] = errors.get(rw.error, 0) + 1
+    stats = {"rewriter": str(model_dir), "engine": args.engine, "task": task.name, "rewrite_seconds": round(seconds, 2),
+             "format_broken_share": broken / max(1, len(rewrites)), "format_errors": errors}
+    return strict, fallback, stats

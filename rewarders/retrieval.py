@@ -63,14 +63,16 @@ class EvalReport:
     def table(self) -> str:
         """A side-by-side text table, one row per metric."""
         cols = list(self.metrics)
-        head = f"{'metric':<12}" + "".join(f"{c:>12}" for c in cols)
-        if "original" in self.metrics and len(cols) > 1:
-            head += f"{'Δ':>10}"
+        width = {c: max(10, len(c)) + 2 for c in cols}
+        delta = "original" in self.metrics and len(cols) > 1
+        head = f"{'metric':<12}" + "".join(f"{c:>{width[c]}}" for c in cols)
+        if delta:
+            head += f"{'Δ ' + cols[1]:>{width[cols[1]] + 2}}"
         lines = [f"{self.dataset} / {self.split} / {self.retriever}: {self.num_queries} queries", head, "-" * len(head)]
         for m in METRICS:
-            row = f"{m:<12}" + "".join(f"{self.metrics[c][m]:>12.4f}" for c in cols)
-            if "original" in self.metrics and len(cols) > 1:
-                row += f"{self.metrics[cols[-1]][m] - self.metrics['original'][m]:>+10.4f}"
+            row = f"{m:<12}" + "".join(f"{self.metrics[c][m]:>{width[c]}.4f}" for c in cols)
+            if delta:
+                row += f"{self.metrics[cols[1]][m] - self.metrics['original'][m]:>+{width[cols[1]] + 2}.4f}"
             lines.append(row)
         return "\n".join(lines)
 
