@@ -17,8 +17,11 @@ from deepretrieval.common.errors import DeepRetrievalError
 # Explicit registry: command modules, in the order `--help` lists them. Nothing registers itself.
 COMMAND_MODULES: tuple[str, ...] = (
     "deepretrieval.deploy.cmd_model",
+    "deepretrieval.deploy.cmd_data",
     "deepretrieval.deploy.cmd_index",
     "deepretrieval.deploy.cmd_eval",
+    "deepretrieval.deploy.cmd_emulate",
+    "deepretrieval.deploy.cmd_bench",
 )
 
 

@@ -149,10 +149,29 @@ class Rewarder:
             s.api_calls += 1 + scored.retries
         s.retries += scored.retries
 
-    async def _handle(self, entry_id: str, rollout: Rollout) -> None:
-        scored = await self.score(rollout)
-        await self._transport.publish(scored_stream(self._run), scored)
-        await self._transport.ack(rollouts_stream(self._run), REWARDER_GROUP, [entry_id])
+    async def _handle(self, entry_id: str, rollout: Rollout, outbox: asyncio.Queue) -> None:
+        await outbox.put((entry_id, await self.score(rollout)))
+
+    async def _flush(self, outbox: asyncio.Queue) -> None:
+        """Publish scored samples and ack their rollouts in batches over one connection.
+
+        A rollout is acked only after its Scored record is written; a crash in between leaves it
+        pending, so it is reclaimed and scored again (the learner de-duplicates by uid).
+        """
+        while True:
+            item = await outbox.get()
+            if item is None:
+                return
+            batch = [item]
+            while not outbox.empty() and len(batch) < 512:
+                nxt = outbox.get_nowait()
+                if nxt is None:
+                    await outbox.put(None)
+                    break
+                batch.append(nxt)
+            for _, scored in batch:
+                await self._transport.publish(scored_stream(self._run), scored)
+            await self._transport.ack(rollouts_stream(self._run), REWARDER_GROUP, [e for e, _ in batch])
 
     async def run(self, stop: asyncio.Event, max_samples: int | None = None) -> RewarderStats:
         """Score rollouts until `stop` is set (or `max_samples` are done); in-flight work finishes.
@@ -162,14 +181,18 @@ class Rewarder:
             max_samples: stop after this many (tests, benchmarks).
         """
         tasks: set[asyncio.Task[None]] = set()
+        outbox: asyncio.Queue = asyncio.Queue()
+        flusher = asyncio.create_task(self._flush(outbox))
         started = 0
         stream = rollouts_stream(self._run)
         while not stop.is_set() and (max_samples is None or started < max_samples):
             free = self._config.concurrency - len(tasks)
+            if flusher.done():
+                flusher.result()  # a transport error in the flusher stops the loop loudly
             if free <= 0:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:
-                    t.result()  # surface transport errors instead of losing them
+                    t.result()
                 continue
             want = min(self._config.read_count, free)
             if max_samples is not None:
@@ -180,10 +203,12 @@ class Rewarder:
                     log.error("entry %s of %s is a %s, not a Rollout; acking it away", entry_id, stream, type(msg).__name__)
                     await self._transport.ack(stream, REWARDER_GROUP, [entry_id])
                     continue
-                task = asyncio.create_task(self._handle(entry_id, msg))
+                task = asyncio.create_task(self._handle(entry_id, msg, outbox))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 started += 1
         if tasks:
             await asyncio.gather(*tasks)
+        await outbox.put(None)
+        await flusher
         return self.stats

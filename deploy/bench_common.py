@@ -1,0 +1,56 @@
+"""Pieces every pipeline benchmark uses: a private Redis, publishing rollouts, draining scores."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from deepretrieval.common.config_pipeline import TransportConfig
+from deepretrieval.common.redis_server import RedisServer
+from deepretrieval.common.streams import RedisStreamTransport, redis_client, rollouts_stream, scored_stream
+from deepretrieval.common.wire import Rollout, Scored
+
+
+@asynccontextmanager
+async def private_redis() -> AsyncIterator[str]:
+    """A redis-server of our own for the benchmark, stopped (by pid) at the end; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="dr-bench-redis-") as tmp:
+        server = RedisServer(Path(tmp)).start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+def transport_for(url: str, **overrides: object) -> RedisStreamTransport:
+    cfg = TransportConfig(url=url, **overrides)  # type: ignore[arg-type]
+    return RedisStreamTransport(redis_client(url), cfg, owns_client=True)
+
+
+async def publish_rollouts(url: str, run: str, rollouts: Sequence[Rollout]) -> None:
+    """Publish rollouts to the run's rollout stream (unbounded backlog for set-up)."""
+    transport = transport_for(url, backlog_bound=max(1, len(rollouts) + 1))
+    try:
+        for r in rollouts:
+            await transport.publish(rollouts_stream(run), r)
+    finally:
+        await transport.close()
+
+
+async def drain_scored(url: str, run: str, expect: int, timeout_s: float, group: str = "bench") -> list[Scored]:
+    """Read `expect` Scored records (or what arrived before `timeout_s`) through a consumer group."""
+    transport = transport_for(url)
+    out: list[Scored] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    try:
+        while len(out) < expect and loop.time() < deadline:
+            entries = await transport.read(scored_stream(run), group, "drain", 500, block_ms=200)
+            out.extend(m for _, m in entries if isinstance(m, Scored))
+            await transport.ack(scored_stream(run), group, [e for e, _ in entries])
+    finally:
+        await transport.close()
+    return out

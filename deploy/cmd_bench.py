@@ -1,0 +1,62 @@
+"""`deepretrieval bench ...`: benchmarks that write JSON results (ratios measured in one run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from deepretrieval.deploy.cli_args import add_common_args, paths_from_args
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    from deepretrieval.common.hardware import describe_cpu
+
+    result = {"bench": args.bench_command, "date": time.strftime("%Y-%m-%d"), "cpu": describe_cpu(), **result}
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(text + "\n")
+    return 0
+
+
+def _leaf(sub: argparse._SubParsersAction, name: str, help_: str, func) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("--json", type=Path, default=None, dest="json_out", help="write the result JSON here")
+    add_common_args(p)
+    p.set_defaults(func=func)
+    return p
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks (JSON results)")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+
+    r = _leaf(bsub, "rewarder", "queries/s through the rewarder (cache off) vs raw pyserini batch_search", run_rewarder)
+    r.add_argument("--backend", choices=["bm25"], default="bm25", help="backend (bm25)")
+    r.add_argument("--dataset", default="scifact", help="data set (default scifact)")
+    r.add_argument("--samples", type=int, default=3000, help="rollouts scored (default 3000)")
+    r.add_argument("--k", type=int, default=50, help="hits per query (default 50)")
+    r.add_argument("--concurrency", type=int, default=256, help="rewarder concurrency (default 256)")
+
+    e = _leaf(bsub, "emulator", "requests/s an API emulator serves over loopback", run_emulator)
+    e.add_argument("--api", choices=["pubmed", "ctgov"], default="pubmed")
+    e.add_argument("--dataset", default="scifact")
+    e.add_argument("--concurrency", type=int, default=16)
+    e.add_argument("--duration", type=float, default=10.0, help="seconds")
+
+
+def run_rewarder(args: argparse.Namespace) -> int:
+    from deepretrieval.deploy.bench_rewarder import run
+
+    return _emit(args, run(args.dataset, paths_from_args(args), samples=args.samples, k=args.k, concurrency=args.concurrency))
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    from deepretrieval.deploy.bench_emulator import run
+
+    paths = paths_from_args(args)
+    return _emit(args, run(args.dataset, paths.data_root, paths.index_dir, args.api, args.concurrency, args.duration))
