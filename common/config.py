@@ -91,6 +91,7 @@ class EmulatorFaults(StrictModel):
     garbage_rate: float = Field(0.0, ge=0, le=1, description="Probability a 200 answer has a truncated or garbage body.")
     hang_rate: float = Field(0.0, ge=0, le=1, description="Probability a request hangs for hang_s before answering.")
     hang_s: float = Field(30.0, ge=0, description="How long a hanging request waits.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After header (whole seconds) of the injected 429 answers.")
     seed: int = Field(0, description="Seed of the fault generator.")
 
 
@@ -101,8 +102,11 @@ class EmulatorConfig(StrictModel):
     dataset: str = Field(description="Data set name under the data root, or a path to a BEIR-layout folder.")
     host: str = Field("127.0.0.1", description="Listen address (loopback only for tests).")
     port: int = Field(8089, ge=0, le=65535, description="Listen port; 0 picks a free one.")
-    rate_limit_rps: float | None = Field(None, gt=0, description="Requests/s allowed per key; None = the API's documented limit.")
+    rate_limit: bool = Field(True, description="Enforce the per-key rate limit; False for throughput benchmarks.")
+    rate_limit_rps: float | None = Field(None, gt=0, description="Requests/s allowed per key (PubMed: without an api_key); None = the API's documented limit (PubMed 3/s, ClinicalTrials.gov 50/min).")
     rate_limit_rps_with_key: float | None = Field(None, gt=0, description="PubMed: requests/s allowed with an api_key; None = documented (10).")
+    rate_limit_window_s: float | None = Field(None, gt=0, description="Sliding-window length of the rate limit, in s; None = the API's own (PubMed 1 s, ClinicalTrials.gov 60 s).")
+    search_threads: int = Field(4, ge=1, le=64, description="Threads running the blocking Lucene searches.")
     faults: EmulatorFaults = Field(default_factory=EmulatorFaults, description="Fault injection.")
 
 
@@ -114,6 +118,7 @@ class ApiClientConfig(StrictModel):
     api_key_env: str | None = Field(None, description="Environment variable holding the API key.")
     api_key_file: Path | None = Field(None, description="File holding the API key (e.g. a mounted Kubernetes Secret).")
     timeout_s: float = Field(30.0, gt=0, description="Timeout of one HTTP request, in seconds.")
+    version_label: str = Field("live", description="Index version reported when the server names none (the real APIs); the emulators send theirs in `X-Index-Version`.")
 
     def resolved_api_key(self) -> str | None:
         """The API key from (in order) the value, the env var, the file; None when none is set."""
