@@ -54,3 +54,47 @@ async def drain_scored(url: str, run: str, expect: int, timeout_s: float, group:
     finally:
         await transport.close()
     return out
+
+
+def emulator_stats_url(base_url: str) -> str:
+    """The emulator-only stats route beside an API base URL."""
+    from deepretrieval.rewarders.emulators.middleware import STATS_PATH
+
+    root = base_url.split("/entrez/eutils")[0].split("/api/v2")[0]
+    return root + STATS_PATH
+
+
+async def emulator_stats(base_url: str) -> dict:
+    """What the emulator answered so far: {"requests", "by_status": {"200": n, "429": n, ...}}."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(emulator_stats_url(base_url)) as r:
+        return await r.json()
+
+
+def spawn_rewarders(config_json: str, n: int) -> list:
+    """Start `n` rewarder OS processes (spawned, so each has its own interpreter, like separate pods)."""
+    import multiprocessing as mp
+
+    from deepretrieval.rewarders.service import run_rewarder_process
+
+    ctx = mp.get_context("spawn")
+    procs = []
+    for i in range(n):
+        cfg = config_json.replace('"consumer":null', f'"consumer":"rewarder-{i}"')
+        p = ctx.Process(target=run_rewarder_process, args=(cfg,), name=f"rewarder-{i}")
+        p.start()
+        procs.append(p)
+    return procs
+
+
+def stop_processes(procs: list, timeout_s: float = 20.0) -> None:
+    """SIGTERM each process (they finish in-flight work), SIGKILL what is left after `timeout_s`."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout_s)
+        if p.is_alive():
+            p.kill()
+            p.join()

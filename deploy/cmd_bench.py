@@ -42,6 +42,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--k", type=int, default=50, help="hits per query (default 50)")
     r.add_argument("--concurrency", type=int, default=256, help="rewarder concurrency (default 256)")
 
+    rl = _leaf(bsub, "ratelimit", "N rewarder processes sharing one API quota (PubMed emulator)", run_ratelimit)
+    rl.add_argument("--rewarders", type=int, default=4, help="rewarder processes (default 4)")
+    rl.add_argument("--quota", type=float, default=10.0, help="requests/s the emulator allows the key (default 10)")
+    rl.add_argument("--duration", type=float, default=30.0, help="measured seconds after warm-up (default 30)")
+    rl.add_argument("--headroom", type=float, default=0.97, help="fraction of the quota the limiter paces at (default 0.97)")
+    rl.add_argument("--dataset", default="scifact")
+
+    c = _leaf(bsub, "cache", "API calls with a reward cache vs distinct queries", run_cache)
+    c.add_argument("--duplicate-fraction", type=float, default=0.5, help="share of requests repeating an earlier query")
+    c.add_argument("--requests", type=int, default=1000)
+    c.add_argument("--dataset", default="scifact")
+
     e = _leaf(bsub, "emulator", "requests/s an API emulator serves over loopback", run_emulator)
     e.add_argument("--api", choices=["pubmed", "ctgov"], default="pubmed")
     e.add_argument("--dataset", default="scifact")
@@ -60,3 +72,16 @@ def run_emulator(args: argparse.Namespace) -> int:
 
     paths = paths_from_args(args)
     return _emit(args, run(args.dataset, paths.data_root, paths.index_dir, args.api, args.concurrency, args.duration))
+
+
+def run_ratelimit(args: argparse.Namespace) -> int:
+    from deepretrieval.deploy.bench_ratelimit import run
+
+    return _emit(args, run(paths_from_args(args), dataset=args.dataset, rewarders=args.rewarders, quota=args.quota,
+                           duration=args.duration, headroom=args.headroom))
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from deepretrieval.deploy.bench_cache import run
+
+    return _emit(args, run(paths_from_args(args), dataset=args.dataset, requests=args.requests, duplicate_fraction=args.duplicate_fraction))

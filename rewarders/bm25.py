@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import Executor
 
 from deepretrieval.common.config import BM25Config
@@ -35,6 +36,10 @@ class BM25Backend:
         self._executor = executor
         self._searcher = LuceneSearcher(str(index.path))
         self._searcher.set_bm25(config.k1, config.b)
+        # pyjnius binds Java methods through state shared by every object of a class, so two
+        # Python threads calling into the same searcher can swap targets (kivy/pyjnius#563):
+        # one Python thread at a time enters the JVM; batch_search still runs Java threads.
+        self._jvm = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -46,7 +51,8 @@ class BM25Backend:
 
     def search_sync(self, query: str, k: int) -> SearchResult:
         """Blocking search of one query."""
-        hits = self._searcher.search(query, k=k)
+        with self._jvm:
+            hits = self._searcher.search(query, k=k)
         return SearchResult(ids=[h.docid for h in hits], scores=[float(h.score) for h in hits])
 
     async def search(self, query: str, k: int) -> SearchResult:
@@ -65,7 +71,8 @@ class BM25Backend:
         out: Run = {q: {} for q in qids}
         if not qids:
             return out
-        results = self._searcher.batch_search(texts, qids, k=k, threads=self._config.threads)
+        with self._jvm:
+            results = self._searcher.batch_search(texts, qids, k=k, threads=self._config.threads)
         for qid, hits in results.items():
             out[qid] = {h.docid: float(h.score) for h in hits}
         return out
@@ -74,10 +81,11 @@ class BM25Backend:
         """The stored `contents` of a document (for answer-string checks); None if absent."""
         import json
 
-        doc = self._searcher.doc(doc_id)
-        if doc is None:
+        with self._jvm:
+            doc = self._searcher.doc(doc_id)
+            raw = doc.raw() if doc is not None else None
+        if raw is None:
             return None
-        raw = doc.raw()
         try:
             return json.loads(raw).get("contents", raw)
         except (TypeError, ValueError):

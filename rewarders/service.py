@@ -26,7 +26,7 @@ from deepretrieval.common.backend_config import (
 from deepretrieval.common.config import PathsConfig, StrictModel
 from deepretrieval.common.config_pipeline import RewardCacheConfig, TransportConfig
 from deepretrieval.common.datasets import BeirDataset, resolve_dataset
-from deepretrieval.common.errors import ConfigError
+from deepretrieval.common.errors import ConfigError, DeepRetrievalError
 from deepretrieval.common.prompt_book import PromptBook
 from deepretrieval.common.run_config import RetryConfig, RewarderConfig, TaskRunConfig
 from deepretrieval.common.streams import RedisStreamTransport, redis_client
@@ -112,7 +112,13 @@ class RewarderService:
 
             client = CtgovClient(spec.client, session)
         limiter = RateLimiter.from_config(self._redis, spec.rate_limit)
-        return client, limiter, _quota_key(spec)
+        key = _quota_key(spec)
+        try:
+            await limiter.acquire(key)  # the probe counts against the shared quota too
+            await client.probe()  # learn the index version before the first cache key is made
+        except DeepRetrievalError as e:
+            log.warning("%s: version probe failed (%s); using the configured version label", spec.type, e)
+        return client, limiter, key
 
     async def task_runtimes(self) -> dict[str, TaskRuntime]:
         """Task name -> runtime, each backend wrapped in the resilient search (limits, retries, cache)."""

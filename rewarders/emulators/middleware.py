@@ -43,6 +43,29 @@ class ApiHooks:
     rate_headers: bool
 
 
+STATS_PATH = "/_emulator/stats"
+
+
+@dataclass
+class ServerStats:
+    """Answers the emulator gave, by HTTP status (an emulator-only extension at `GET /_emulator/stats`,
+    so benchmarks can count what the server saw rather than what clients believe they sent)."""
+
+    requests: int = 0
+    by_status: dict[int, int] | None = None
+    started_at: float = 0.0
+
+    def count(self, status: int) -> None:
+        self.requests += 1
+        if self.by_status is None:
+            self.by_status = {}
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def to_json(self) -> dict[str, object]:
+        return {"requests": self.requests, "by_status": {str(k): v for k, v in sorted((self.by_status or {}).items())},
+                "started_at": self.started_at, "now": time.time()}
+
+
 @dataclass(frozen=True)
 class RateLimits:
     """The server's quota per window.
@@ -58,7 +81,8 @@ class RateLimits:
     limit_with_key: int
 
 
-def make_pipeline(hooks: ApiHooks, limits: RateLimits, injector: FaultInjector, *, index_version: str, hang_s: float, retry_after_s: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+def make_pipeline(hooks: ApiHooks, limits: RateLimits, injector: FaultInjector, *, index_version: str, hang_s: float, retry_after_s: int,
+                  stats: ServerStats | None = None) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Build the aiohttp middleware of one emulator.
 
     Args:
@@ -68,6 +92,7 @@ def make_pipeline(hooks: ApiHooks, limits: RateLimits, injector: FaultInjector, 
         index_version: sent in `X-Index-Version` with every answer.
         hang_s: how long an injected hang waits before answering.
         retry_after_s: Retry-After of injected 429 answers.
+        stats: counts every API answer by status (the stats route itself is not counted).
 
     Returns:
         The middleware.
@@ -75,12 +100,16 @@ def make_pipeline(hooks: ApiHooks, limits: RateLimits, injector: FaultInjector, 
 
     @web.middleware
     async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == STATS_PATH:
+            return await handler(request)
         t0 = time.perf_counter()
         plan = injector.plan() if injector.active else _NO_FAULT
         if plan.latency_s > 0:
             await asyncio.sleep(plan.latency_s)
         response = await _answer(request, handler, plan)
         response.headers[INDEX_VERSION_HEADER] = index_version
+        if stats is not None:
+            stats.count(response.status)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s -> %d in %.1f ms (fault=%s)", request.method, request.path, response.status, (time.perf_counter() - t0) * 1000, plan.kind.value)
         return response

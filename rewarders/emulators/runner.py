@@ -16,6 +16,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from deepretrieval.common.datasets import BeirDataset
 from deepretrieval.rewarders.emulators import ctgov, pubmed
 from deepretrieval.rewarders.emulators.faults import FaultInjector
 from deepretrieval.rewarders.emulators.lucene_search import LuceneEngine
-from deepretrieval.rewarders.emulators.middleware import ApiHooks, RateLimits, make_pipeline
+from deepretrieval.rewarders.emulators.middleware import STATS_PATH, ApiHooks, RateLimits, ServerStats, make_pipeline
 from deepretrieval.rewarders.emulators.server_rate_limit import SlidingWindowLimiter, per_window
 from deepretrieval.rewarders.lucene_index import ensure_lucene_index
 
@@ -87,6 +88,7 @@ class EmulatorServer:
         self._runner: web.AppRunner | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.port: int | None = None
+        self.stats = ServerStats(started_at=time.time())
 
     @property
     def base_url(self) -> str:
@@ -107,9 +109,14 @@ class EmulatorServer:
             handlers = ctgov.CtgovHandlers(engine, executor, self.opened.dataset)
             hooks = ApiHooks(ctgov.rate_key, ctgov.too_many_requests, ctgov.server_error, rate_headers=False)
         pipeline = make_pipeline(hooks, rate_limits(cfg), FaultInjector(cfg.faults), index_version=engine.index.version,
-                                 hang_s=cfg.faults.hang_s, retry_after_s=cfg.faults.retry_after_s)
+                                 hang_s=cfg.faults.hang_s, retry_after_s=cfg.faults.retry_after_s, stats=self.stats)
         app = web.Application(middlewares=[pipeline])
         app.add_routes(handlers.routes())
+
+        async def stats(_: web.Request) -> web.Response:
+            return web.json_response(self.stats.to_json())
+
+        app.add_routes([web.get(STATS_PATH, stats)])
         return app
 
     async def start(self) -> str:

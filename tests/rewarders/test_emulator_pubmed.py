@@ -145,3 +145,22 @@ def test_rate_limit_per_address_and_per_key(start_emulator):
     assert keyed == [200] * 10
     status, _, body = http("POST", f"{url}/esearch.fcgi", data={**form, "api_key": "k1"})
     assert status == 429 and json.loads(body)["api-key"] == "k1" and json.loads(body)["limit"] == "10"
+
+
+async def test_stats_endpoint_counts_answers_by_status(start_emulator):
+    import aiohttp
+
+    from deepretrieval.rewarders.emulators.middleware import STATS_PATH
+
+    base_url = start_emulator("pubmed", rate_limit_rps=2.0)
+    root = base_url.split("/entrez")[0]
+    async with aiohttp.ClientSession() as s:
+        statuses = []
+        for _ in range(4):
+            async with s.get(f"{base_url}/esearch.fcgi", params={"db": "pubmed", "term": "cancer", "retmode": "json"}) as r:
+                statuses.append(r.status)
+        async with s.get(root + STATS_PATH) as r:
+            stats = await r.json()
+    assert stats["requests"] == 4
+    assert stats["by_status"] == {str(code): statuses.count(code) for code in set(statuses)}
+    assert statuses.count(429) >= 1  # 4 back-to-back requests against 2/s
