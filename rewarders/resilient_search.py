@@ -117,7 +117,9 @@ class ResilientSearch:
                     raise
                 except RateLimited as e:
                     last = e
-                    pause = e.retry_after_s if e.retry_after_s is not None else self._retry.retry_after_default_s
+                    # Honour Retry-After, but never retry a refusal faster than the backoff would.
+                    pause = max(e.retry_after_s if e.retry_after_s is not None else self._retry.retry_after_default_s,
+                                self._backoff(attempt))
                     if self._limiter is not None:
                         await self._limiter.penalize(self._limiter_key, pause)
                     else:
