@@ -65,10 +65,11 @@ def _quota_key(spec: PubMedBackendSpec | CtgovBackendSpec) -> str:
 class RewarderService:
     """The resources of one rewarder process, built from its config."""
 
-    def __init__(self, config: RewarderServiceConfig):
+    def __init__(self, config: RewarderServiceConfig, tracer=None):
         if config.transport.url is None:
             raise ConfigError("transport.url must be set for a rewarder process (the launcher passes its Redis URL)")
         self.config = config
+        self._tracer = tracer or get_tracer()
         self._redis = redis_client(config.transport.url)
         self.transport = RedisStreamTransport(self._redis, config.transport)
         self.cache = RewardCache(self._redis, config.cache) if config.cache.enabled else None
@@ -122,7 +123,7 @@ class RewarderService:
 
     async def task_runtimes(self) -> dict[str, TaskRuntime]:
         """Task name -> runtime, each backend wrapped in the resilient search (limits, retries, cache)."""
-        tracer = get_tracer()
+        tracer = self._tracer
         out: dict[str, TaskRuntime] = {}
         for t in self.config.tasks:
             spec = get_task(t.task, t.overrides)
@@ -141,7 +142,7 @@ class RewarderService:
 
     async def rewarder(self) -> Rewarder:
         return Rewarder(self.transport, self.config.run, self.prompts, await self.task_runtimes(), self.config.rewarder,
-                        consumer=self.config.consumer, tracer=get_tracer())
+                        consumer=self.config.consumer, tracer=self._tracer)
 
     async def close(self) -> None:
         for b in self._backends:
@@ -168,9 +169,9 @@ class _LazyPassages(dict):
         return self[doc_id]
 
 
-async def serve_rewarder(config: RewarderServiceConfig, stop: asyncio.Event, max_samples: int | None = None) -> RewarderStats:
+async def serve_rewarder(config: RewarderServiceConfig, stop: asyncio.Event, max_samples: int | None = None, tracer=None) -> RewarderStats:
     """Run one rewarder until `stop` is set; closes every resource it opened."""
-    service = RewarderService(config)
+    service = RewarderService(config, tracer)
     try:
         rewarder = await service.rewarder()
         return await rewarder.run(stop, max_samples=max_samples)
