@@ -152,20 +152,37 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def _index(node: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {item!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _child(node: Any, part: str, item: str) -> Any:
+    """The section `part` of `node` (a map key, or a list index like `tasks.0`), created if missing."""
+    if isinstance(node, list):
+        child = node[_index(node, part, item)]
+    else:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+    return child
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `data` with every dotted override set (creating nested maps as needed)."""
     out: dict[str, Any] = yaml.safe_load(yaml.safe_dump(data)) if data else {}
     for item in overrides:
         path, value = parse_override(item)
-        node = out
+        node: Any = out
         for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+            node = _child(node, part, item)
+        if isinstance(node, list):
+            node[_index(node, path[-1], item)] = value
+        else:
+            node[path[-1]] = value
     return out
 
 

@@ -219,6 +219,22 @@ class RedisStreamTransport:
                 raise
             await self.ensure_group(stream, group)  # the stream was deleted under us
             raw = await self._fetch(stream, group, consumer, count, block)
+        return await self._decode(stream, group, consumer, raw)
+
+    async def read_own_pending(self, stream: str, group: str, consumer: str, count: int) -> list[tuple[str, WireMessage]]:
+        """Entries delivered to `consumer` earlier and not yet acked (XREADGROUP from id 0).
+
+        A consumer restarting under the same name (the learner after a crash) gets back what it
+        had read but not committed, at once, without waiting for the idle timeout of a reclaim.
+        """
+        if (stream, group) not in self._groups_ready:
+            await self.ensure_group(stream, group)
+        resp = await self._redis.xreadgroup(group, consumer, {stream: "0"}, count=count)
+        return await self._decode(stream, group, consumer, _stream_entries(resp))
+
+    async def _decode(self, stream: str, group: str, consumer: str,
+                      raw: list[tuple[bytes, dict[bytes, bytes]]]) -> list[tuple[str, WireMessage]]:
+        """Decode raw entries; undecodable ones are dead-lettered (and acked), never half-read."""
         out: list[tuple[str, WireMessage]] = []
         dead: list[tuple[bytes, dict[bytes, bytes], str, int]] = []
         for entry_id, fields in raw:

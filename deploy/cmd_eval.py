@@ -74,7 +74,13 @@ def run(args: argparse.Namespace) -> int:
         query_sets["rewritten"] = rewritten
         extra["rewritten_missing"] = len(missing)
     if args.rewriter is not None:
-        rewritten, fallback, stats = _rewrite_with_policy(args, queries)
+        from deepretrieval.common.model_fetch import resolve_model
+        from deepretrieval.deploy.evaluation import rewrite_with_policy
+
+        model_dir = Path(resolve_model(str(args.rewriter), paths.models_dir))
+        task = args.task or ("dense" if args.retriever == "dense" else "sparse")
+        rewritten, fallback, stats = rewrite_with_policy(model_dir, task, queries, engine=args.engine, temperature=args.temperature,
+                                                         max_new_tokens=args.max_new_tokens, rewrites_out=args.rewrites_out)
         query_sets["rewritten"] = rewritten
         query_sets["rewritten+fallback"] = fallback
         extra.update(stats)
@@ -92,44 +98,3 @@ def run(args: argparse.Namespace) -> int:
         args.json_out.write_text(json.dumps(report.to_json(), indent=1))
         print(f"wrote {args.json_out}")
     return 0
-
-
-def _rewrite_with_policy(args: argparse.Namespace, queries: dict[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
-    """Rewrite `queries` with the `--rewriter` policy: (strict rewrites, rewrites with fallback, stats)."""
-    import time
-
-    from transformers import AutoTokenizer
-
-    from deepretrieval.actors.engines import make_engine
-    from deepretrieval.actors.rewrite import rewrite_requests
-    from deepretrieval.common.engine_config import HFEngineConfig, VLLMEngineConfig
-    from deepretrieval.common.model_fetch import resolve_model
-    from deepretrieval.common.tasks import get_task
-
-    paths = paths_from_args(args)
-    model_dir = Path(resolve_model(str(args.rewriter), paths.models_dir))
-    task = get_task(args.task or ("dense" if args.retriever == "dense" else "sparse"))
-    engine = make_engine(model_dir, VLLMEngineConfig() if args.engine == "vllm" else HFEngineConfig())
-    t0 = time.perf_counter()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        rewrites = rewrite_requests(engine, tokenizer, task, queries, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-    finally:
-        engine.close()
-    seconds = time.perf_counter() - t0
-    if args.rewrites_out:
-        args.rewrites_out.parent.mkdir(parents=True, exist_ok=True)
-        with args.rewrites_out.open("w", encoding="utf-8") as f:
-            for qid, rw in rewrites.items():
-                f.write(json.dumps({"_id": qid, "original": queries[qid], "query": rw.query, "error": rw.error,
-                                    "reasoning": rw.reasoning, "completion": rw.completion}, ensure_ascii=False) + "\n")
-    strict = {q: rw.query or "" for q, rw in rewrites.items()}
-    fallback = {q: rw.query or queries[q] for q, rw in rewrites.items()}
-    broken = sum(rw.query is None for rw in rewrites.values())
-    errors: dict[str, int] = {}
-    for rw in rewrites.values():
-        if rw.error:
-            errors[rw.error] = errors.get(rw.error, 0) + 1
-    stats = {"rewriter": str(model_dir), "engine": args.engine, "task": task.name, "rewrite_seconds": round(seconds, 2),
-             "format_broken_share": broken / max(1, len(rewrites)), "format_errors": errors}
-    return strict, fallback, stats

@@ -70,3 +70,10 @@ def test_data_root_from_env(monkeypatch, tmp_path: Path):
 def test_default_data_root_is_shared_data(monkeypatch):
     monkeypatch.delenv("DEEPRETRIEVAL_DATA", raising=False)
     assert default_data_root().parts[-2:] == ("shared", "data")
+
+
+def test_override_indexes_into_lists():
+    out = apply_overrides({"tasks": [{"k": 1}, {"k": 2}]}, ["tasks.1.k=5", "tasks.0.new=x"])
+    assert out == {"tasks": [{"k": 1, "new": "x"}, {"k": 5}]}
+    with pytest.raises(ConfigError, match="'7' is not an index of a list of 2"):
+        apply_overrides({"tasks": [{}, {}]}, ["tasks.7.k=1"])

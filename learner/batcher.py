@@ -1,0 +1,163 @@
+"""Assemble training batches from scored samples: full groups only, fresh enough, each uid once.
+
+Reads `Scored` from `<run>:scored` (consumer group "learner"). A group is complete when all G of
+its samples arrived. Complete groups with an `unavailable` member, or older than `max_staleness`
+versions, are dropped (counted, acked at once, their admission slots released). The others queue
+oldest first; `next_batch` returns `groups_per_step` of them. Their entries stay pending until the
+caller commits (checkpoints) the step that trained them, so a crash redelivers exactly what the
+last checkpoint did not cover; the uid ledger drops anything already trained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from deepretrieval.common.base import Transport
+from deepretrieval.common.coordination import Coordinator
+from deepretrieval.common.streams import scored_stream
+from deepretrieval.common.wire import Scored
+
+log = logging.getLogger(__name__)
+
+LEARNER_GROUP = "learner"
+
+
+@dataclass
+class Batch:
+    """Groups for one optimizer step and the stream entries they came from."""
+
+    scored: list[Scored]
+    entry_ids: list[str]
+    group_ids: list[str]
+
+    @property
+    def uids(self) -> list[str]:
+        return [s.rollout.uid for s in self.scored]
+
+
+@dataclass
+class BatcherStats:
+    """What the batcher saw (cumulative)."""
+
+    samples_read: int = 0
+    duplicates: int = 0
+    groups_complete: int = 0
+    groups_unavailable: int = 0
+    groups_stale: int = 0
+    groups_incomplete_dropped: int = 0
+    groups_trained: int = 0
+    staleness: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    items: list[Scored] = field(default_factory=list)
+    entry_ids: list[str] = field(default_factory=list)
+    first_seen: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Full, fresh, de-duplicated groups from the scored stream.
+
+    Args:
+        transport: the stream transport (a config with a long claim idle: the learner holds
+            entries pending until a checkpoint covers them).
+        coordinator: admission slots are released here when groups are consumed or dropped.
+        run: run name.
+        group_size: G, samples per group.
+        groups_per_step: groups per batch.
+        max_staleness: most versions a group may lag the learner.
+        ledger: uids already trained (restored from the checkpoint); updated by `commit_trained`.
+        consumer: this learner's consumer name (stable across restarts).
+        incomplete_timeout_s: a group still missing samples after this long is dropped (its actor died).
+    """
+
+    def __init__(self, transport: Transport, coordinator: Coordinator, run: str, *, group_size: int, groups_per_step: int,
+                 max_staleness: int, ledger: set[str], consumer: str = "learner-0", incomplete_timeout_s: float = 600.0):
+        self._transport = transport
+        self._coord = coordinator
+        self._stream = scored_stream(run)
+        self._g = group_size
+        self._per_step = groups_per_step
+        self._max_staleness = max_staleness
+        self.ledger = ledger
+        self._consumer = consumer
+        self._incomplete_timeout_s = incomplete_timeout_s
+        self._pending: dict[str, _Pending] = {}
+        self._ready: OrderedDict[str, _Pending] = OrderedDict()
+        self._recovered = False
+        self.stats = BatcherStats()
+
+    async def _feed(self, entries: list[tuple[str, object]], learner_version: int) -> None:
+        ack_now: list[str] = []
+        for entry_id, msg in entries:
+            if not isinstance(msg, Scored):
+                ack_now.append(entry_id)
+                continue
+            self.stats.samples_read += 1
+            uid = msg.rollout.uid
+            group = self._pending.get(msg.rollout.group_id)
+            if uid in self.ledger or (group is not None and any(s.rollout.uid == uid for s in group.items)):
+                self.stats.duplicates += 1  # trained already, or a redelivery of one we hold
+                ack_now.append(entry_id)
+                continue
+            if group is None:
+                group = self._pending[msg.rollout.group_id] = _Pending()
+            group.items.append(msg)
+            group.entry_ids.append(entry_id)
+            if len(group.items) == self._g:
+                del self._pending[msg.rollout.group_id]
+                ack_now += await self._complete(msg.rollout.group_id, group, learner_version)
+        ack_now += await self._expire_incomplete()
+        if ack_now:
+            await self._transport.ack(self._stream, LEARNER_GROUP, ack_now)
+
+    async def _complete(self, group_id: str, group: _Pending, learner_version: int) -> list[str]:
+        self.stats.groups_complete += 1
+        lag = learner_version - min(s.rollout.policy_version for s in group.items)
+        if any(s.status == "unavailable" for s in group.items):
+            self.stats.groups_unavailable += 1
+        elif lag > self._max_staleness:
+            self.stats.groups_stale += 1
+            log.warning("group %s is %d versions old (max %d): dropped", group_id, lag, self._max_staleness)
+        else:
+            self._ready[group_id] = group
+            return []
+        await self._coord.release(1)
+        return group.entry_ids
+
+    async def _expire_incomplete(self) -> list[str]:
+        now = time.monotonic()
+        expired = [gid for gid, g in self._pending.items() if now - g.first_seen > self._incomplete_timeout_s]
+        out: list[str] = []
+        for gid in expired:
+            g = self._pending.pop(gid)
+            self.stats.groups_incomplete_dropped += 1
+            out += g.entry_ids
+            await self._coord.release(1)
+            log.warning("group %s stayed incomplete (%d of %d) for %.0fs: dropped", gid, len(g.items), self._g, self._incomplete_timeout_s)
+        return out
+
+    async def next_batch(self, learner_version: int, stop: asyncio.Event | None = None, block_ms: int = 200) -> Batch | None:
+        """The next `groups_per_step` ready groups, oldest first; None when `stop` is set first."""
+        if not self._recovered:
+            # After a restart: what this consumer read before and did not commit comes back first.
+            while entries := await self._transport.read_own_pending(self._stream, LEARNER_GROUP, self._consumer, 512):  # type: ignore[attr-defined]
+                await self._feed(entries, learner_version)
+                if len(entries) < 512:
+                    break
+            self._recovered = True
+        while len(self._ready) < self._per_step:
+            if stop is not None and stop.is_set():
+                return None
+            entries = await self._transport.read(self._stream, LEARNER_GROUP, self._consumer, 512, block_ms=block_ms)
+            await self._feed(entries, learner_version)
+        groups = [self._ready.popitem(last=False) for _ in range(self._per_step)]
+        scored = [s for _, g in groups for s in g.items]
+        self.stats.groups_trained += len(groups)
+        self.stats.staleness += [learner_version - s.rollout.policy_version for s in scored]
+        return Batch(scored, [e for _, g in groups for e in g.entry_ids], [gid for gid, _ in groups])

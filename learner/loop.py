@@ -1,0 +1,172 @@
+"""The learner process loop: batch, train, publish weights, commit (checkpoint + ack), log.
+
+Exactly-once training: a step's stream entries are acked only once a checkpoint covers the step,
+and the checkpoint stores the ledger of trained uids. After a crash the learner resumes from the
+newest checkpoint, gets back its un-acked entries (`read_own_pending`), and the ledger drops any
+uid that checkpoint already trained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean
+
+from opentelemetry import trace
+from opentelemetry.trace import Link
+
+from deepretrieval.common.base import Transport
+from deepretrieval.common.coordination import Coordinator
+from deepretrieval.common.learner_config import LearnerConfig
+from deepretrieval.common.streams import scored_stream
+from deepretrieval.common.telemetry import extract_context
+from deepretrieval.learner.batcher import LEARNER_GROUP, Batch, Batcher
+from deepretrieval.learner.checkpoint import checkpoint_path, latest_checkpoint, prune_checkpoints
+from deepretrieval.learner.sequences import build_samples
+from deepretrieval.learner.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepRecord:
+    """What one step logs to metrics.jsonl."""
+
+    values: dict[str, float]
+
+    def to_json(self) -> str:
+        return json.dumps(self.values, default=float)
+
+
+def _batch_metrics(batch: Batch, version: int) -> dict[str, float]:
+    rewards = [s.reward for s in batch.scored if s.reward is not None]
+    fmt_fail = [s for s in batch.scored if s.status == "invalid"]
+    lat = [s.latency_s for s in batch.scored if not s.cache_hit]
+    return {
+        "reward_mean": fmean(rewards) if rewards else float("nan"),
+        "reward_max": max(rewards) if rewards else float("nan"),
+        "format_error_share": len(fmt_fail) / max(1, len(batch.scored)),
+        "staleness_mean": fmean(version - s.rollout.policy_version for s in batch.scored),
+        "staleness_max": float(max(version - s.rollout.policy_version for s in batch.scored)),
+        "cache_hit_rate": sum(s.cache_hit for s in batch.scored) / max(1, len(batch.scored)),
+        "search_latency_mean_s": fmean(lat) if lat else 0.0,
+        "response_tokens_mean": fmean(len(s.rollout.response_token_ids) for s in batch.scored),
+    }
+
+
+class Learner:
+    """Trains on batches from the batcher and publishes each new version.
+
+    Args:
+        trainer: the model and optimizer (resumed by `resume`).
+        cfg: learner config.
+        transport, coordinator, run: the run's Redis plumbing.
+        publish: `publish(version) -> seconds` exports and announces weights (a WeightSync).
+        group_size: G.
+        checkpoint_root: where checkpoints go.
+        metrics_file: metrics.jsonl of the run.
+        tracer: for `rl.train` spans linked to each sample's trace.
+    """
+
+    def __init__(self, trainer: Trainer, cfg: LearnerConfig, transport: Transport, coordinator: Coordinator, run: str, *,
+                 publish, group_size: int, checkpoint_root: Path, metrics_file: Path, tracer: trace.Tracer | None = None,
+                 consumer: str = "learner-0"):
+        self.trainer = trainer
+        self.cfg = cfg
+        self._transport = transport
+        self._coord = coordinator
+        self._run = run
+        self._publish = publish
+        self._ckpt_root = Path(checkpoint_root)
+        self._metrics_file = Path(metrics_file)
+        self._tracer = tracer or trace.get_tracer("deepretrieval")
+        self.ledger: set[str] = set()
+        self._uncommitted: list[str] = []
+        self.batcher = Batcher(transport, coordinator, run, group_size=group_size, groups_per_step=cfg.groups_per_step,
+                               max_staleness=cfg.max_staleness, ledger=self.ledger, consumer=consumer)
+        self.idle_s = 0.0
+        self.busy_s = 0.0
+
+    def resume(self) -> int:
+        """Load the newest complete checkpoint (if any); returns the policy version resumed at."""
+        path = latest_checkpoint(self._ckpt_root)
+        if path is None:
+            return self.trainer.policy_version
+        extra = self.trainer.load_checkpoint(path)
+        self.ledger.update(extra.get("ledger", []))
+        self.trainer.policy_version = int(extra.get("policy_version", self.trainer.step))
+        log.info("resumed from %s: step %d, policy v%d, %d uids trained", path, self.trainer.step, self.trainer.policy_version, len(self.ledger))
+        return self.trainer.policy_version
+
+    async def commit(self) -> Path:
+        """Checkpoint (model, optimizer, RNG, step, version, ledger), then ack what it covers."""
+        path = checkpoint_path(self._ckpt_root, self.trainer.policy_version)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: self.trainer.save_checkpoint(
+            path, extra={"ledger": sorted(self.ledger), "policy_version": self.trainer.policy_version}))
+        if self._uncommitted:
+            await self._transport.ack(scored_stream(self._run), LEARNER_GROUP, self._uncommitted)
+            self._uncommitted = []
+        prune_checkpoints(self._ckpt_root, self.cfg.keep_checkpoints)
+        return path
+
+    def _train_span(self, batch: Batch, metrics: dict[str, float]) -> None:
+        links = []
+        for s in batch.scored:
+            if s.rollout.traceparent:
+                ctx = trace.get_current_span(extract_context(s.rollout.traceparent)).get_span_context()
+                if ctx.is_valid:
+                    links.append(Link(ctx, {"rl.uid": s.rollout.uid}))
+        with self._tracer.start_as_current_span("rl.train", links=links) as span:
+            span.set_attributes({"rl.step": self.trainer.step, "rl.policy_version": self.trainer.policy_version,
+                                 "rl.samples": len(batch.scored), "train.loss": metrics.get("loss", float("nan"))})
+
+    async def step(self, stop: asyncio.Event | None = None) -> dict[str, float] | None:
+        """One optimizer step on the next batch, then publish the new version; None if stopped."""
+        t_wait = time.perf_counter()
+        batch = await self.batcher.next_batch(self.trainer.policy_version, stop)
+        waited = time.perf_counter() - t_wait
+        if batch is None:
+            return None
+        t0 = time.perf_counter()
+        samples, gstats = build_samples(batch.scored, self.cfg.loss, dynamic_sampling=self.cfg.dynamic_sampling)
+        version_before = self.trainer.policy_version
+        loop = asyncio.get_running_loop()
+        metrics = await loop.run_in_executor(None, self.trainer.train_step, samples)
+        self.trainer.policy_version += 1
+        self.ledger.update(batch.uids)
+        self._uncommitted += batch.entry_ids
+        publish_s = await self._publish(self.trainer.policy_version)
+        await self._coord.release(len(batch.group_ids))
+        train_s = time.perf_counter() - t0
+        self.idle_s += waited
+        self.busy_s += train_s
+        record = {"optimizer_step": float(self.trainer.step), "policy_version": float(self.trainer.policy_version), "time": time.time(),
+                  "wait_s": waited, "train_s": train_s, "publish_s": publish_s,
+                  "groups_uniform": float(gstats.groups_uniform), "samples_trained": float(gstats.samples_out),
+                  **_batch_metrics(batch, version_before), **{k: float(v) for k, v in metrics.items()},
+                  "step": float(self.trainer.policy_version)}
+        self._train_span(batch, record)
+        if self.cfg.checkpoint_every and self.trainer.policy_version % self.cfg.checkpoint_every == 0:
+            await self.commit()
+        self._metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._metrics_file.open("a") as f:
+            f.write(StepRecord(record).to_json() + "\n")
+        return record
+
+    async def run(self, stop: asyncio.Event, max_steps: int) -> None:
+        """Train until policy version `max_steps` or `stop`; always ends with a commit.
+
+        A learner step is one batch and one new policy version (even when every group of the
+        batch had equal rewards and the optimizer step was skipped).
+        """
+        try:
+            while self.trainer.policy_version < max_steps and not stop.is_set():
+                if await self.step(stop) is None:
+                    break
+        finally:
+            await self.commit()

@@ -1,0 +1,73 @@
+"""The learner's batcher against a real redis-server: full groups, staleness, dedupe, crash recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deepretrieval.common.config_pipeline import TransportConfig
+from deepretrieval.common.coordination import Coordinator
+from deepretrieval.common.streams import RedisStreamTransport, redis_client, scored_stream
+from deepretrieval.common.wire import Prompt, Rollout, SamplingParams, Scored
+from deepretrieval.learner.batcher import LEARNER_GROUP, Batcher
+
+PROMPT = Prompt(uid="p", task="sparse", dataset="d", request="r", messages=[{"role": "user", "content": "r"}],
+                prefill="", target={"type": "ids", "ids": {"1": 1}}, split="train")
+
+
+def scored(group: str, i: int, *, version: int = 0, status: str = "ok", reward: float | None = 1.0) -> Scored:
+    r = Rollout(uid=f"{group}-{i}", group_id=group, prompt_uid="p", policy_version=version,
+                prompt_token_ids=np.arange(3, dtype=np.int32), response_token_ids=np.arange(2, dtype=np.int32),
+                logprobs=np.zeros(2, np.float32), sampling=SamplingParams(1.0, 1.0, 8, False), finish_reason="stop",
+                completion="x", engine="t", created_at=0.0)
+    return Scored(rollout=r, reward=None if status == "unavailable" else reward + i, components={}, status=status,
+                  query="q", retrieved_ids=[], backend="b", index_version="v", latency_s=0.0, retries=0, cache_hit=False)
+
+
+def _transport(url: str) -> RedisStreamTransport:
+    return RedisStreamTransport(redis_client(url), TransportConfig(url=url, claim_idle_ms=24 * 3600 * 1000), owns_client=True)
+
+
+def _batcher(t, coord, ledger=None, **kw) -> Batcher:
+    return Batcher(t, coord, "r", group_size=2, groups_per_step=1, max_staleness=kw.pop("max_staleness", 1), ledger=ledger if ledger is not None else set(), **kw)
+
+
+async def test_full_fresh_groups_only_and_dropped_groups_are_acked_at_once(redis_url):
+    t = _transport(redis_url)
+    coord = Coordinator(t._redis, "r")
+    await coord.try_admit(4, 10)
+    for s in [scored("a", 0, version=2), scored("u", 0, version=2), scored("u", 1, version=2, status="unavailable"),
+              scored("old", 0, version=0), scored("old", 1, version=0), scored("a", 1, version=2), scored("partial", 0, version=2)]:
+        await t.publish(scored_stream("r"), s)
+    b = _batcher(t, coord)
+    batch = await b.next_batch(learner_version=2, block_ms=50)
+    assert batch.group_ids == ["a"] and sorted(batch.uids) == ["a-0", "a-1"]
+    assert b.stats.groups_unavailable == 1 and b.stats.groups_stale == 1
+    # Dropped groups are acked and free their admission slots; the trained group stays pending
+    # until the caller commits it; the partial group is still held.
+    assert await coord.in_flight() == 2
+    pending = await t._redis.xpending(scored_stream("r"), LEARNER_GROUP)
+    assert pending["pending"] == 3  # a-0, a-1, partial-0
+    await t.close()
+
+
+async def test_restart_gets_uncommitted_entries_back_and_the_ledger_drops_trained_ones(redis_url):
+    t = _transport(redis_url)
+    coord = Coordinator(t._redis, "r")
+    for s in [scored("a", 0), scored("a", 1), scored("b", 0), scored("b", 1)]:
+        await t.publish(scored_stream("r"), s)
+    first = _batcher(t, coord)
+    assert (await first.next_batch(0, block_ms=50)).group_ids == ["a"]
+    assert (await first.next_batch(0, block_ms=50)).group_ids == ["b"]
+    # Crash: nothing committed. The last checkpoint had trained group "a" only.
+    second = _batcher(t, coord, ledger={"a-0", "a-1"})
+    batch = await second.next_batch(0, block_ms=50)
+    assert batch.group_ids == ["b"]
+    assert second.stats.duplicates == 2
+    # A duplicate delivery of an already-trained uid (a rewarder re-scored it) is dropped too.
+    await t.publish(scored_stream("r"), scored("b", 0))
+    await t.publish(scored_stream("r"), scored("c", 0))
+    await t.publish(scored_stream("r"), scored("c", 1))
+    second.ledger.update(batch.uids)
+    assert (await second.next_batch(0, block_ms=50)).group_ids == ["c"]
+    assert second.stats.duplicates == 3
+    await t.close()
