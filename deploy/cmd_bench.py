@@ -54,6 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--requests", type=int, default=1000)
     c.add_argument("--dataset", default="scifact")
 
+    lg = _leaf(bsub, "logprob-gap", "engine log-probs vs the learner's recomputation (mean/max |Δ|), and engine tok/s", run_logprob_gap)
+    lg.add_argument("--model", default="smollm2-135m-instruct", help="policy checkpoint (default: the converted SmolLM2)")
+    lg.add_argument("--prompts", type=int, default=4)
+    lg.add_argument("--samples", type=int, default=4)
+    lg.add_argument("--max-new-tokens", type=int, default=48)
+    lg.add_argument("--temperature", type=float, default=1.0)
+
     e = _leaf(bsub, "emulator", "requests/s an API emulator serves over loopback", run_emulator)
     e.add_argument("--api", choices=["pubmed", "ctgov"], default="pubmed")
     e.add_argument("--dataset", default="scifact")
@@ -85,3 +92,13 @@ def run_cache(args: argparse.Namespace) -> int:
     from deepretrieval.deploy.bench_cache import run
 
     return _emit(args, run(paths_from_args(args), dataset=args.dataset, requests=args.requests, duplicate_fraction=args.duplicate_fraction))
+
+
+def run_logprob_gap(args: argparse.Namespace) -> int:
+    from deepretrieval.common.model_fetch import resolve_model
+    from deepretrieval.deploy.bench_logprob_gap import run
+
+    paths = paths_from_args(args)
+    model_dir = Path(resolve_model(args.model, paths.models_dir))
+    return _emit(args, run(model_dir, n_prompts=args.prompts, n_samples=args.samples, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, data_root=paths.data_root))
