@@ -61,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("--max-new-tokens", type=int, default=48)
     lg.add_argument("--temperature", type=float, default=1.0)
 
+    a = _leaf(bsub, "async", "the same steps through --mode sync and --mode async, with API latency", run_async)
+    a.add_argument("--reward-latency-ms", type=float, default=200.0, help="latency the PubMed emulator adds per call")
+    a.add_argument("--steps", type=int, default=8, help="learner steps per mode")
+    a.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+
     e = _leaf(bsub, "emulator", "requests/s an API emulator serves over loopback", run_emulator)
     e.add_argument("--api", choices=["pubmed", "ctgov"], default="pubmed")
     e.add_argument("--dataset", default="scifact")
@@ -102,3 +107,9 @@ def run_logprob_gap(args: argparse.Namespace) -> int:
     model_dir = Path(resolve_model(args.model, paths.models_dir))
     return _emit(args, run(model_dir, n_prompts=args.prompts, n_samples=args.samples, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, data_root=paths.data_root))
+
+
+def run_async(args: argparse.Namespace) -> int:
+    from deepretrieval.deploy.bench_async import run
+
+    return _emit(args, run(paths_from_args(args), reward_latency_ms=args.reward_latency_ms, steps=args.steps, engine=args.engine))
