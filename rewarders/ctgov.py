@@ -19,7 +19,8 @@ import aiohttp
 from deepretrieval.common.config import ApiClientConfig
 from deepretrieval.common.errors import BackendUnavailable, QuerySyntaxError
 from deepretrieval.rewarders.base import SearchResult
-from deepretrieval.rewarders.http_api import INDEX_VERSION_HEADER, HttpAnswer, decode_json, raise_for_transport_status, send, snippet
+from deepretrieval.rewarders.http_api import (INDEX_VERSION_HEADER, ServerVersion, decode_json, raise_for_transport_status,
+                                              send, snippet)
 
 PAGE_SIZE_MAX = 1000
 _EXTRA_PAGES = 5
@@ -39,7 +40,7 @@ class CtgovClient:
         self._config = config
         self._session = session
         self._base = config.base_url.rstrip("/")
-        self._server_version: str | None = None
+        self._version = ServerVersion("ctgov", self._base, config.version_label)
 
     @property
     def name(self) -> str:
@@ -48,12 +49,7 @@ class CtgovClient:
     @property
     def version(self) -> str:
         """Base URL plus the data version the server reported (X-Index-Version, /version), else the label."""
-        return f"ctgov@{self._base}#{self._server_version or self._config.version_label}"
-
-    def _note_version(self, answer: HttpAnswer) -> None:
-        reported = answer.headers.get(INDEX_VERSION_HEADER)
-        if reported:
-            self._server_version = reported
+        return self._version.value
 
     async def probe(self) -> str:
         """Ask `/version` for the data timestamp (one request) and return the new `version`.
@@ -63,11 +59,11 @@ class CtgovClient:
         """
         url = f"{self._base}/version"
         answer = await send(self._session, "GET", url, api="ctgov", timeout_s=self._config.timeout_s)
-        self._note_version(answer)
+        self._version.note(answer)
         raise_for_transport_status(answer, api="ctgov", url=url, secret=None)
         data = decode_json(answer, api="ctgov", url=url, secret=None)
         if not answer.headers.get(INDEX_VERSION_HEADER) and data.get("dataTimestamp"):
-            self._server_version = str(data["dataTimestamp"])
+            self._version.set(str(data["dataTimestamp"]))
         return self.version
 
     async def search(self, query: str, k: int) -> SearchResult:
@@ -98,7 +94,7 @@ class CtgovClient:
             params = {"query.term": query, "pageSize": str(page_size), "fields": "NCTId", "format": "json"}
             params |= {"pageToken": token} if token else {"countTotal": "true"}
             answer = await send(self._session, "GET", url, api="ctgov", timeout_s=self._config.timeout_s, params=params)
-            self._note_version(answer)
+            self._version.note(answer)
             status = answer.status
             raise_for_transport_status(answer, api="ctgov", url=url, secret=None)
             if status == 400:

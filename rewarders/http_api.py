@@ -128,3 +128,29 @@ def decode_json(answer: HttpAnswer, *, api: str, url: str, secret: str | None) -
     if not isinstance(data, dict):
         raise BackendUnavailable(f"{api}: answer from {redact(url, secret)} is JSON but not an object: {snippet(answer.body, secret)!r}")
     return data
+
+
+class ServerVersion:
+    """The index version a client reports: `<api>@<base url>#<what the server said, else a label>`.
+
+    Servers that name their data version (our emulators' `X-Index-Version`, PubMed einfo,
+    ClinicalTrials.gov /version) update it; the version keys the reward cache.
+    """
+
+    def __init__(self, api: str, base_url: str, label: str):
+        self._prefix = f"{api}@{base_url}"
+        self._label = label
+        self._reported: str | None = None
+
+    @property
+    def value(self) -> str:
+        return f"{self._prefix}#{self._reported or self._label}"
+
+    def note(self, answer: HttpAnswer) -> None:
+        """Take the version from an answer's `X-Index-Version` header, when it has one."""
+        reported = answer.headers.get(INDEX_VERSION_HEADER)
+        if reported:
+            self._reported = reported
+
+    def set(self, reported: str) -> None:
+        self._reported = reported

@@ -22,7 +22,8 @@ import aiohttp
 from deepretrieval.common.config import ApiClientConfig
 from deepretrieval.common.errors import BackendUnavailable, QuerySyntaxError, RateLimited
 from deepretrieval.rewarders.base import SearchResult
-from deepretrieval.rewarders.http_api import INDEX_VERSION_HEADER, HttpAnswer, decode_json, raise_for_transport_status, redact, send
+from deepretrieval.rewarders.http_api import (INDEX_VERSION_HEADER, ServerVersion, decode_json, raise_for_transport_status,
+                                              redact, send)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class PubMedClient:
         self._session = session
         self._base = config.base_url.rstrip("/")
         self._key = config.resolved_api_key()
-        self._server_version: str | None = None
+        self._version = ServerVersion("pubmed", self._base, config.version_label)
 
     @property
     def name(self) -> str:
@@ -56,12 +57,7 @@ class PubMedClient:
     @property
     def version(self) -> str:
         """Base URL plus the index version the server reported (X-Index-Version, einfo), else the label."""
-        return f"pubmed@{self._base}#{self._server_version or self._config.version_label}"
-
-    def _note_version(self, answer: HttpAnswer) -> None:
-        reported = answer.headers.get(INDEX_VERSION_HEADER)
-        if reported:
-            self._server_version = reported
+        return self._version.value
 
     async def probe(self) -> str:
         """Ask `einfo` for pubmed's build/last update (one request) and return the new `version`.
@@ -72,12 +68,12 @@ class PubMedClient:
         url = f"{self._base}/einfo.fcgi"
         form = {"db": "pubmed", "retmode": "json"} | ({"api_key": self._key} if self._key else {})
         answer = await send(self._session, "POST", url, api="pubmed", timeout_s=self._config.timeout_s, data=form, secret=self._key)
-        self._note_version(answer)
+        self._version.note(answer)
         raise_for_transport_status(answer, api="pubmed", url=url, secret=self._key)
         data = decode_json(answer, api="pubmed", url=url, secret=self._key)
         info = (data.get("einforesult") or {}).get("dbinfo") or [{}]
         if not answer.headers.get(INDEX_VERSION_HEADER) and isinstance(info, list) and info and info[0].get("lastupdate"):
-            self._server_version = str(info[0]["lastupdate"])
+            self._version.set(str(info[0]["lastupdate"]))
         return self.version
 
     async def search(self, query: str, k: int, *, max_date: str | None = None, min_date: str | None = None, date_type: str = "pdat") -> SearchResult:
@@ -106,7 +102,7 @@ class PubMedClient:
         if self._key:
             form["api_key"] = self._key
         answer = await send(self._session, "POST", url, api="pubmed", timeout_s=self._config.timeout_s, data=form, secret=self._key)
-        self._note_version(answer)
+        self._version.note(answer)
         raise_for_transport_status(answer, api="pubmed", url=url, secret=self._key)
         if answer.status != 200:
             raise BackendUnavailable(f"pubmed: HTTP {answer.status} from {url}; check base_url ({self._base})")

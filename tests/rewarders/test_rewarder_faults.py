@@ -8,7 +8,7 @@ import os
 import signal
 
 from deepretrieval.common.backend_config import PubMedBackendSpec
-from deepretrieval.common.config import ApiClientConfig, PathsConfig
+from deepretrieval.common.config import ApiClientConfig
 from deepretrieval.common.config_pipeline import RateLimitConfig, RewardCacheConfig, TransportConfig
 from deepretrieval.common.run_config import RetryConfig, RewarderConfig, TaskRunConfig
 from deepretrieval.deploy.bench_common import drain_scored, publish_rollouts
