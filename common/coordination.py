@@ -20,6 +20,20 @@ from pathlib import Path
 import redis.asyncio as aredis
 
 # KEYS[1] = in-flight counter; ARGV[1] = groups wanted; ARGV[2] = limit. Atomic check-and-add.
+# KEYS[1] = in-flight counter, KEYS[2] = set of consumed group ids; ARGV = group ids.
+# A group frees its slot once, however often it is consumed (a restarted learner re-reads the
+# groups its last checkpoint did not cover).
+_CONSUME_LUA = """
+local freed = 0
+for i = 1, #ARGV do
+  freed = freed + redis.call('SADD', KEYS[2], ARGV[i])
+end
+if freed > 0 then
+  redis.call('DECRBY', KEYS[1], freed)
+end
+return freed
+"""
+
 _RESERVE_LUA = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local want = tonumber(ARGV[1])
@@ -51,6 +65,7 @@ class Coordinator:
         self._redis = client
         self._run = run
         self._reserve = client.register_script(_RESERVE_LUA)
+        self._consume = client.register_script(_CONSUME_LUA)
 
     @property
     def _policy_key(self) -> str:
@@ -94,8 +109,18 @@ class Coordinator:
         return True
 
     async def release(self, groups: int) -> int:
-        """Free `groups` slots (the learner consumed or dropped them); returns the new count."""
+        """Free `groups` slots reserved but never generated (an actor stopped after admission)."""
         return int(await self._redis.decrby(self._inflight_key, groups))
+
+    async def consume(self, group_ids: list[str]) -> int:
+        """Free the slots of groups the learner trained on or dropped, once per group id.
+
+        Returns:
+            How many slots were freed (groups consumed before are not counted again).
+        """
+        if not group_ids:
+            return 0
+        return int(await self._consume(keys=[self._inflight_key, f"{self._run}:groups_consumed"], args=list(group_ids)))
 
     async def in_flight(self) -> int:
         return int(await self._redis.get(self._inflight_key) or 0)

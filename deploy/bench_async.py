@@ -32,9 +32,9 @@ def bench_config(mode: str, base_url: str, paths: PathsConfig, steps: int, runs_
         "run": f"bench-async-{mode}", "mode": mode, "max_steps": steps,
         "paths": {**paths.model_dump(), "runs_dir": runs_dir},
         "tasks": [{"task": "pubmed", "dataset": "scifact", "backend": backend.model_dump(), "k": 100, "eval_split": None}],
-        "sampling": {"n": 4, "temperature": 1.0, "max_new_tokens": 64},
+        "sampling": {"n": 4, "temperature": 1.0, "max_new_tokens": 128},
         # Constrained rollouts keep every answer well-formed, so every sample calls the API.
-        "actors": {"engine": {"type": engine}, "groups_per_batch": 2, "constrained": engine == "vllm"},
+        "actors": {"engine": {"type": engine}, "groups_per_batch": 2, "constrained": engine == "vllm", "max_reasoning_chars": 80},
         "rewarders": {"cache": {"enabled": False}},
         "learner": {"groups_per_step": 2, "max_staleness": 1, "checkpoint_every": 0, "dynamic_sampling": False,
                     "loss": {"constrained_policy": "importance"}},

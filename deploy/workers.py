@@ -70,7 +70,8 @@ class ActorWorker(_Worker):
                 from deepretrieval.common.answer_grammar import answer_regex
                 from deepretrieval.common.tasks import get_task
 
-                regexes = {t.task: answer_regex(get_task(t.task, t.overrides).answer) for t in cfg.tasks}
+                limit = cfg.actors.max_reasoning_chars if cfg.actors.max_reasoning_chars is not None else cfg.sampling.max_new_tokens
+                regexes = {t.task: answer_regex(get_task(t.task, t.overrides).answer, max_reasoning_chars=limit) for t in cfg.tasks}
                 constraint = lambda p: regexes[p.task]  # noqa: E731
             actor = Actor(engine, RedisStreamTransport(client, cfg.transport), Coordinator(client, cfg.run), cfg.run,
                           book.epochs(cfg.seed * 1000 + int(self.name)), lambda p: build_prompt_ids(tok, p.messages, p.prefill),

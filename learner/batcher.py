@@ -127,7 +127,7 @@ class Batcher:
         else:
             self._ready[group_id] = group
             return []
-        await self._coord.release(1)
+        await self._coord.consume([group_id])
         return group.entry_ids
 
     async def _expire_incomplete(self) -> list[str]:
@@ -138,7 +138,7 @@ class Batcher:
             g = self._pending.pop(gid)
             self.stats.groups_incomplete_dropped += 1
             out += g.entry_ids
-            await self._coord.release(1)
+            await self._coord.consume([gid])
             log.warning("group %s stayed incomplete (%d of %d) for %.0fs: dropped", gid, len(g.items), self._g, self._incomplete_timeout_s)
         return out
 

@@ -141,7 +141,7 @@ class Learner:
         self.ledger.update(batch.uids)
         self._uncommitted += batch.entry_ids
         publish_s = await self._publish(self.trainer.policy_version)
-        await self._coord.release(len(batch.group_ids))
+        await self._coord.consume(batch.group_ids)
         train_s = time.perf_counter() - t0
         self.idle_s += waited
         self.busy_s += train_s

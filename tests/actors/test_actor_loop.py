@@ -57,7 +57,9 @@ async def test_admission_bounds_groups_in_flight_and_new_versions_load_between_b
 
     # The learner announces v1 and consumes 2 groups: the next batch is sampled by v1.
     await coord.announce(1, policy_dir)
-    await coord.release(2)
+    first_groups = list(dict.fromkeys(r.group_id for r in await _published(client, "a1")))
+    assert await coord.consume(first_groups[:2]) == 2
+    assert await coord.consume(first_groups[:2]) == 0  # consuming a group again frees nothing
     await _wait_for(lambda: _count_is(client, "a1", 12))
     stop.set()
     await coord.release(4)  # unblock a waiting admission so the loop sees `stop`
