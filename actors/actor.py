@@ -151,8 +151,8 @@ class Actor:
         self.stats.generate_s += time.perf_counter() - t1
         stream = rollouts_stream(self._run)
         for prompt, request, group in zip(prompts, requests, groups):
-            for rollout in self._rollouts(prompt, request, group, version, start_ns, end_ns):
-                await self._transport.publish(stream, rollout)
+            # A group goes out whole: an actor killed mid-batch never leaves half a group behind.
+            await self._transport.publish_many(stream, self._rollouts(prompt, request, group, version, start_ns, end_ns))
             self.stats.samples += len(group)
         self.stats.batches += 1
         self.stats.groups += n_groups

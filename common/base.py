@@ -33,6 +33,18 @@ class Transport(Protocol):
         """
         ...
 
+    async def publish_many(self, stream: str, messages: Sequence[WireMessage]) -> list[str]:
+        """Append `messages` all at once or not at all (a whole GRPO group); waits like `publish`.
+
+        Returns:
+            The entry ids, in order.
+        """
+        ...
+
+    async def read_own_pending(self, stream: str, group: str, consumer: str, count: int) -> list[tuple[str, WireMessage]]:
+        """Entries this consumer read earlier and has not acked (after a restart)."""
+        ...
+
     async def read(self, stream: str, group: str, consumer: str, count: int,
                    block_ms: int | None = None) -> list[tuple[str, WireMessage]]:
         """Up to `count` entries for `consumer`: first ones reclaimed from dead consumers, then new ones.

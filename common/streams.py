@@ -33,8 +33,9 @@ PAYLOAD_FIELD = b"m"
 _BACKLOG_PROBE_CAP = 1_000_000  # most undelivered entries `backlog()` counts one by one (lag = nil case)
 DEAD_LETTER_SUFFIX = ":dead"
 
-# KEYS[1] stream; ARGV[1] backlog bound, ARGV[2] field name, ARGV[3] payload (absent: only measure).
-# Returns {entry_id, backlog} when appended, {0, backlog} when the bound is reached or measuring.
+# KEYS[1] stream; ARGV[1] backlog bound, ARGV[2] field name, ARGV[3..] payloads (none: only measure).
+# Appends every payload at once (all or none) when the backlog is below the bound; returns
+# {first entry id, backlog, {entry ids}} when appended, {0, backlog} when at the bound or measuring.
 _PUBLISH_LUA = """
 local bound = tonumber(ARGV[1])
 local backlog = 0
@@ -56,7 +57,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   end
 end
 if backlog >= bound or ARGV[3] == nil then return {0, backlog} end
-return {redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3]), backlog}
+local ids = {}
+for i = 3, #ARGV do ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[i]) end
+return {ids[1], backlog, ids}
 """
 
 # KEYS[1] stream. Trims entries below the oldest entry any group still needs (its oldest
@@ -176,20 +179,31 @@ class RedisStreamTransport:
         Returns:
             The new entry id.
         """
-        payload = encode(message)
+        return (await self.publish_many(stream, [message]))[0]
+
+    async def publish_many(self, stream: str, messages: Sequence[WireMessage]) -> list[str]:
+        """Append `messages` atomically (all or none: a GRPO group is never half-published by a
+        producer that dies), waiting while the backlog is at the bound. The bound is checked
+        before the batch, so a stream may exceed it by at most one batch.
+
+        Returns:
+            The new entry ids, in order.
+        """
+        payloads = [encode(m) for m in messages]
+        if not payloads:
+            return []
         pause_s, started = 0.005, None
         loop = asyncio.get_running_loop()
         while True:
-            entry_id, backlog = await self._publish_script(
-                keys=[stream], args=[self._config.backlog_bound, PAYLOAD_FIELD, payload])
-            if entry_id != 0:
-                self.stats.published += 1
+            res = await self._publish_script(keys=[stream], args=[self._config.backlog_bound, PAYLOAD_FIELD, *payloads])
+            if res[0] != 0:
+                self.stats.published += len(payloads)
                 if started is not None:
                     self.stats.publish_wait_s += loop.time() - started
-                return _text(entry_id)
+                return [_text(i) for i in res[2]]
             if started is None:
                 started = loop.time()
-                logger.debug("stream %s backlog %d at bound %d; publisher waits", stream, backlog, self._config.backlog_bound)
+                logger.debug("stream %s backlog %d at bound %d; publisher waits", stream, res[1], self._config.backlog_bound)
             await asyncio.sleep(pause_s)
             pause_s = min(2 * pause_s, self._config.publish_poll_max_s)
 
@@ -271,8 +285,8 @@ class RedisStreamTransport:
 
     async def backlog(self, stream: str) -> int:
         """The stream's backlog as `publish` measures it (slowest group's undelivered + pending)."""
-        _, backlog = await self._publish_script(keys=[stream], args=[_BACKLOG_PROBE_CAP])
-        return int(backlog)
+        res = await self._publish_script(keys=[stream], args=[_BACKLOG_PROBE_CAP])
+        return int(res[1])
 
     async def close(self) -> None:
         """Close the Redis client when this transport created it."""

@@ -210,3 +210,27 @@ def test_client_with_decoded_responses_is_refused(redis_url):
     with pytest.raises(ConfigError, match="decode_responses=False"):
         RedisStreamTransport(client, config(redis_url))
     assert redis_client(redis_url).connection_pool.connection_kwargs.get("decode_responses") is False
+
+
+async def test_publish_many_appends_a_group_whole(redis_url):
+    from deepretrieval.common.config_pipeline import TransportConfig
+    from deepretrieval.common.streams import RedisStreamTransport, redis_client
+
+    t = RedisStreamTransport(redis_client(redis_url), TransportConfig(url=redis_url), owns_client=True)
+    msgs = [make_rollout_for_many(i) for i in range(3)]
+    ids = await t.publish_many("s", msgs)
+    assert len(ids) == 3 and ids == sorted(ids)
+    got = await t.read("s", "g", "c", 10, block_ms=0)
+    assert [e for e, _ in got] == ids and [m.uid for _, m in got] == [m.uid for m in msgs]
+    assert await t.publish_many("s", []) == []
+    await t.close()
+
+
+def make_rollout_for_many(i: int):
+    import numpy as np
+
+    from deepretrieval.common.wire import Rollout, SamplingParams
+
+    return Rollout(uid=f"u{i}", group_id="g", prompt_uid="p", policy_version=0, prompt_token_ids=np.arange(2, dtype=np.int32),
+                   response_token_ids=np.arange(1, dtype=np.int32), logprobs=np.zeros(1, np.float32),
+                   sampling=SamplingParams(1.0, 1.0, 4, False), finish_reason="stop", completion="x", engine="t", created_at=0.0)
