@@ -67,12 +67,16 @@ class Actor:
         config: batch and admission settings.
         constraint: maps a prompt to a grammar regex for constrained decoding, or None.
         tracer: tracer for `rl.generate` spans.
+        on_published: called with each group's rollouts after they are published (uid logs).
+        owner: this actor's stable name; admission slots it reserved but never published are
+            freed when a process of the same name starts again.
     """
 
     def __init__(self, engine: GenerationEngine, transport: Transport, coordinator: Coordinator, run: str,
                  prompts: Iterator[Prompt], prompt_ids: Callable[[Prompt], list[int]], sampling: SamplingConfig,
                  config: ActorConfig, *, constraint: Callable[[Prompt], str | None] | None = None,
-                 tracer: trace.Tracer | None = None):
+                 tracer: trace.Tracer | None = None, on_published: Callable[[list[Rollout]], None] | None = None,
+                 owner: str = "actor-0"):
         self._engine = engine
         self._transport = transport
         self._coord = coordinator
@@ -84,6 +88,8 @@ class Actor:
         self._config = config
         self._constraint = constraint
         self._tracer = tracer or trace.get_tracer("deepretrieval")
+        self._on_published = on_published
+        self.owner = owner
         self.stats = ActorStats()
 
     async def maybe_load_policy(self) -> bool:
@@ -134,10 +140,10 @@ class Actor:
         """
         n_groups = self._config.groups_per_batch
         t0 = time.perf_counter()
-        if not await self._coord.admit(n_groups, self._config.max_in_flight_groups, stop=stop):
+        if not await self._coord.admit(n_groups, self._config.max_in_flight_groups, stop=stop, owner=self.owner):
             return 0
         if stop is not None and stop.is_set():
-            await self._coord.release(n_groups)  # admitted just as we were stopped: give the slots back
+            await self._coord.reclaim(self.owner)  # admitted just as we were stopped: give the slots back
             return 0
         await self.maybe_load_policy()
         self.stats.admission_wait_s += time.perf_counter() - t0
@@ -152,7 +158,11 @@ class Actor:
         stream = rollouts_stream(self._run)
         for prompt, request, group in zip(prompts, requests, groups):
             # A group goes out whole: an actor killed mid-batch never leaves half a group behind.
-            await self._transport.publish_many(stream, self._rollouts(prompt, request, group, version, start_ns, end_ns))
+            rollouts = self._rollouts(prompt, request, group, version, start_ns, end_ns)
+            await self._transport.publish_many(stream, rollouts)
+            await self._coord.published(self.owner)
+            if self._on_published is not None:
+                self._on_published(rollouts)
             self.stats.samples += len(group)
         self.stats.batches += 1
         self.stats.groups += n_groups
@@ -161,6 +171,9 @@ class Actor:
 
     async def run(self, stop: asyncio.Event, max_groups: int | None = None) -> ActorStats:
         """Generate batches until `stop` is set or `max_groups` groups were published."""
+        # A previous process under this name may have died holding admitted, unpublished slots.
+        if freed := await self._coord.reclaim(self.owner):
+            log.warning("actor %s: freed %d admission slots a previous process held", self.owner, freed)
         while not stop.is_set() and (max_groups is None or self.stats.groups < max_groups):
             if await self.step(stop) == 0:
                 break

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import redis.asyncio as aredis
 
-# KEYS[1] = in-flight counter; ARGV[1] = groups wanted; ARGV[2] = limit. Atomic check-and-add.
 # KEYS[1] = in-flight counter, KEYS[2] = set of consumed group ids; ARGV = group ids.
 # A group frees its slot once, however often it is consumed (a restarted learner re-reads the
 # groups its last checkpoint did not cover).
@@ -34,14 +33,28 @@ end
 return freed
 """
 
+# KEYS[1] = in-flight counter, KEYS[2] = the owner's reserved-not-yet-published counter;
+# ARGV[1] = groups wanted; ARGV[2] = limit. Atomic check-and-add.
 _RESERVE_LUA = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
 local want = tonumber(ARGV[1])
 if cur + want <= tonumber(ARGV[2]) then
   redis.call('INCRBY', KEYS[1], want)
+  redis.call('INCRBY', KEYS[2], want)
   return 1
 end
 return 0
+"""
+
+# KEYS[1] = in-flight counter, KEYS[2] = owner's reserved counter. Frees what a dead owner
+# reserved and never published; returns that count.
+_RECLAIM_LUA = """
+local held = tonumber(redis.call('GET', KEYS[2]) or '0')
+if held > 0 then
+  redis.call('DECRBY', KEYS[1], held)
+end
+redis.call('SET', KEYS[2], 0)
+return held
 """
 
 
@@ -66,6 +79,7 @@ class Coordinator:
         self._run = run
         self._reserve = client.register_script(_RESERVE_LUA)
         self._consume = client.register_script(_CONSUME_LUA)
+        self._reclaim = client.register_script(_RECLAIM_LUA)
 
     @property
     def _policy_key(self) -> str:
@@ -92,25 +106,33 @@ class Coordinator:
         data = json.loads(raw)
         return PolicyAnnouncement(int(data["version"]), Path(data["weights_dir"]))
 
-    async def try_admit(self, groups: int, max_in_flight: int) -> bool:
-        """Reserve `groups` in-flight slots if the limit allows; True when reserved."""
-        return bool(await self._reserve(keys=[self._inflight_key], args=[groups, max_in_flight]))
+    def _owner_key(self, owner: str) -> str:
+        return f"{self._run}:reserved:{owner}"
 
-    async def admit(self, groups: int, max_in_flight: int, poll_s: float = 0.05, stop: asyncio.Event | None = None) -> bool:
-        """Wait until `groups` slots are reserved; False when `stop` was set first."""
+    async def try_admit(self, groups: int, max_in_flight: int, owner: str = "-") -> bool:
+        """Reserve `groups` in-flight slots for `owner` if the limit allows; True when reserved."""
+        return bool(await self._reserve(keys=[self._inflight_key, self._owner_key(owner)], args=[groups, max_in_flight]))
+
+    async def published(self, owner: str, groups: int = 1) -> None:
+        """`owner` published `groups` of its reserved groups (they now count until consumed)."""
+        await self._redis.decrby(self._owner_key(owner), groups)
+
+    async def reclaim(self, owner: str) -> int:
+        """Free the slots `owner` reserved but never published (it died, or stopped); returns how many."""
+        return int(await self._reclaim(keys=[self._inflight_key, self._owner_key(owner)]))
+
+    async def admit(self, groups: int, max_in_flight: int, poll_s: float = 0.05, stop: asyncio.Event | None = None,
+                    owner: str = "-") -> bool:
+        """Wait until `groups` slots are reserved for `owner`; False when `stop` was set first."""
         if groups > max_in_flight:
             raise ValueError(f"cannot admit {groups} groups with max_in_flight={max_in_flight}")
         delay = 0.005
-        while not await self.try_admit(groups, max_in_flight):
+        while not await self.try_admit(groups, max_in_flight, owner):
             if stop is not None and stop.is_set():
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, poll_s)
         return True
-
-    async def release(self, groups: int) -> int:
-        """Free `groups` slots reserved but never generated (an actor stopped after admission)."""
-        return int(await self._redis.decrby(self._inflight_key, groups))
 
     async def consume(self, group_ids: list[str]) -> int:
         """Free the slots of groups the learner trained on or dropped, once per group id.

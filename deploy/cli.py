@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deepretrieval.deploy.cmd_emulate",
     "deepretrieval.deploy.cmd_train",
     "deepretrieval.deploy.cmd_bench",
+    "deepretrieval.deploy.cmd_plot",
 )
 
 

@@ -66,11 +66,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--steps", type=int, default=8, help="learner steps per mode")
     a.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
 
+    ch = _leaf(bsub, "chaos", "kill -9 random workers during short runs; compare produced and trained uids", run_chaos)
+    ch.add_argument("--trials", type=int, default=5)
+    ch.add_argument("--steps", type=int, default=10, help="learner steps per trial")
+    ch.add_argument("--kills", type=int, default=1, help="processes killed per trial")
+    ch.add_argument("--engine", choices=["vllm", "hf"], default="hf", help="actor engine (hf restarts in seconds)")
+
     e = _leaf(bsub, "emulator", "requests/s an API emulator serves over loopback", run_emulator)
     e.add_argument("--api", choices=["pubmed", "ctgov"], default="pubmed")
     e.add_argument("--dataset", default="scifact")
     e.add_argument("--concurrency", type=int, default=16)
     e.add_argument("--duration", type=float, default=10.0, help="seconds")
+
+    w = _leaf(bsub, "weightsync", "publish a policy version + actor reload vs a memcpy of its bytes", run_weightsync)
+    w.add_argument("--model", default="smollm2-135m-instruct", help="policy: the default model's name or a HF folder (default smollm2-135m-instruct)")
+    w.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="actor engine that reloads (default vllm)")
+    w.add_argument("--repeats", type=int, default=3, help="versions published and loaded; the fastest is reported (default 3)")
+    w.add_argument("--root", type=Path, default=None, help="folder the weight store is made in (default /dev/shm, tmpfs)")
 
 
 def run_rewarder(args: argparse.Namespace) -> int:
@@ -113,3 +125,17 @@ def run_async(args: argparse.Namespace) -> int:
     from deepretrieval.deploy.bench_async import run
 
     return _emit(args, run(paths_from_args(args), reward_latency_ms=args.reward_latency_ms, steps=args.steps, engine=args.engine))
+
+
+def run_weightsync(args: argparse.Namespace) -> int:
+    from deepretrieval.common.model_fetch import resolve_model
+    from deepretrieval.deploy.bench_weightsync import run
+
+    model_dir = Path(resolve_model(args.model, paths_from_args(args).models_dir))
+    return _emit(args, run(model_dir, engine=args.engine, repeats=args.repeats, root=args.root))
+
+
+def run_chaos(args: argparse.Namespace) -> int:
+    from deepretrieval.deploy.bench_chaos import run
+
+    return _emit(args, run(paths_from_args(args), trials=args.trials, steps=args.steps, kills=args.kills, engine=args.engine))

@@ -35,6 +35,7 @@ class RunResult:
     actors: list[dict] = field(default_factory=list)
     rewarders: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    restarts: dict[str, int] = field(default_factory=dict)
 
 
 def prepare_run(cfg: TrainConfig) -> None:
@@ -104,8 +105,69 @@ class _Progress:
         self._bar.close()
 
 
-def launch(cfg: TrainConfig) -> RunResult:
-    """Run training end to end and return what every worker reported."""
+@dataclass
+class _Role:
+    """One supervised worker: restarted (up to `restarts` times) when its process dies."""
+
+    name: str
+    cls: type
+    index: int
+    handle: object = None
+    ref: object = None
+    restarts: int = 0
+
+
+class Supervisor:
+    """Starts the workers as Ray actors and restarts any whose process died (kill -9, OOM).
+
+    A restarted learner resumes from its newest checkpoint and gets back its uncommitted stream
+    entries; a restarted rewarder's pending entries are reclaimed after the idle timeout; a
+    restarted actor starts a new engine at the announced version.
+    """
+
+    def __init__(self, ray, cfg_json: str, roles: list[_Role], max_restarts: int = 3):
+        self._ray = ray
+        self._cfg_json = cfg_json
+        self.roles = roles
+        self._max_restarts = max_restarts
+        for role in roles:
+            self._start(role)
+
+    def _start(self, role: _Role) -> None:
+        role.handle = self._ray.remote(num_cpus=0, max_restarts=0)(role.cls).remote(self._cfg_json, str(role.index))
+        role.ref = role.handle.run.remote()
+
+    def role_of(self, ref) -> _Role:
+        return next(r for r in self.roles if r.ref == ref)
+
+    def check(self, ref) -> _Role:
+        """Raise the worker's own error, or restart it when its process died; returns the role."""
+        from ray.exceptions import RayActorError
+
+        role = self.role_of(ref)
+        try:
+            self._ray.get(ref)
+        except RayActorError as e:
+            if role.restarts >= self._max_restarts:
+                raise
+            role.restarts += 1
+            log.warning("%s %d died (%s); restart %d of %d", role.name, role.index, type(e).__name__, role.restarts, self._max_restarts)
+            self._start(role)
+        return role
+
+    def pids(self) -> dict[str, int]:
+        """role-index -> OS pid of each live worker (the chaos benchmark kills them)."""
+        return {f"{r.name}-{r.index}": self._ray.get(r.handle.pid.remote()) for r in self.roles}
+
+
+def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
+    """Run training end to end and return what every worker reported.
+
+    Args:
+        cfg: the run config.
+        on_tick: called with the Supervisor about once a second (the chaos benchmark's hook).
+        on_end: called with the Redis URL after the workers stopped, before a private Redis stops.
+    """
     t0 = time.monotonic()
     redis_server = None
     if cfg.transport.url is None:
@@ -117,39 +179,39 @@ def launch(cfg: TrainConfig) -> RunResult:
     try:
         prepare_run(cfg)
         ray = _ray_init(cfg)
-        cfg_json = cfg.model_dump_json()
-        learner = ray.remote(num_cpus=0)(LearnerWorker).remote(cfg_json, "0")
-        rewarders = [ray.remote(num_cpus=0)(RewarderWorker).remote(cfg_json, str(i)) for i in range(cfg.rewarders.processes)]
-        actors = [ray.remote(num_cpus=0)(ActorWorker).remote(cfg_json, str(i)) for i in range(cfg.actors.processes)]
-        learner_ref = learner.run.remote()
-        rewarder_refs = [r.run.remote() for r in rewarders]
-        actor_refs = [a.run.remote() for a in actors]
+        roles = ([_Role("learner", LearnerWorker, 0)] + [_Role("rewarder", RewarderWorker, i) for i in range(cfg.rewarders.processes)]
+                 + [_Role("actor", ActorWorker, i) for i in range(cfg.actors.processes)])
+        sup = Supervisor(ray, cfg.model_dump_json(), roles)
         progress = _Progress(cfg)
         try:
             while True:
-                done, _ = ray.wait([learner_ref, *rewarder_refs, *actor_refs], timeout=1.0, num_returns=1)
-                api_calls = sum(s.get("api_calls", 0) for s in ray.get([r.stats.remote() for r in rewarders]))
+                done, _ = ray.wait([r.ref for r in sup.roles], timeout=1.0, num_returns=1)
+                rewarders = [r.handle for r in sup.roles if r.name == "rewarder"]
+                api_calls = sum(s.get("api_calls", 0) for s in ray.get([h.stats.remote() for h in rewarders]))
                 progress.update(api_calls)
+                if on_tick is not None:
+                    on_tick(sup)
                 if done:
-                    ray.get(done)  # a worker that failed raises here, with its traceback
-                    if learner_ref in done:
+                    role = sup.check(done[0])
+                    if role.name == "learner" and role.ref == done[0]:
                         break
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: stopping workers; the learner commits a checkpoint")
         finally:
             progress.close()
-            learner.stop.remote()
-            for w in [*actors, *rewarders]:
-                w.stop.remote()
-        learner_out = ray.get(learner_ref)
-        actor_out = ray.get(actor_refs, timeout=300)
-        rewarder_out = ray.get(rewarder_refs, timeout=300)
+            for r in sup.roles:
+                r.handle.stop.remote()
+        outs = {id(r): ray.get(r.ref, timeout=300) for r in sup.roles}
         ray.shutdown()
+        if on_end is not None:
+            on_end(cfg.transport.url)
     finally:
         if redis_server is not None:
             redis_server.stop()
-    result = RunResult(cfg.run_dir, time.monotonic() - t0, learner_out, actor_out, rewarder_out, interrupted)
+    by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
+    result = RunResult(cfg.run_dir, time.monotonic() - t0, by("learner")[0], by("actor"), by("rewarder"), interrupted,
+                       {f"{r.name}-{r.index}": r.restarts for r in sup.roles})
     _finish(cfg, result)
     return result
 
@@ -157,6 +219,7 @@ def launch(cfg: TrainConfig) -> RunResult:
 def _finish(cfg: TrainConfig, result: RunResult) -> None:
     """Plots and a summary next to the metrics."""
     summary = {"run": cfg.run, "mode": cfg.mode, "seconds": result.seconds, "interrupted": result.interrupted,
+               "restarts": result.restarts,
                "learner": result.learner, "actors": result.actors, "rewarders": result.rewarders}
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     try:

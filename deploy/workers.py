@@ -42,12 +42,28 @@ class _Worker:
         """Ask the worker to finish its current unit of work and return from `run`."""
         self._stop.set()
 
+    def pid(self) -> int:
+        """The OS process id of this worker."""
+        import os
+
+        return os.getpid()
+
     def _close_tracing(self) -> None:
         shutdown_tracing(self._provider)
 
 
 class ActorWorker(_Worker):
-    """One actor process: an engine sampling groups of the run's prompts."""
+    """One actor process: an engine sampling groups of the run's prompts.
+
+    Every published uid is appended to `runs/<run>/produced/actor-<i>.txt` (after the publish), so
+    produced and trained uids can be compared (`bench chaos`).
+    """
+
+    def _log_produced(self, rollouts) -> None:
+        path = self.cfg.run_dir / "produced" / f"actor-{self.name}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write("".join(r.uid + "\n" for r in rollouts))
 
     async def run(self, max_groups: int | None = None) -> dict:
         from transformers import AutoTokenizer
@@ -76,7 +92,8 @@ class ActorWorker(_Worker):
             actor = Actor(engine, RedisStreamTransport(client, cfg.transport), Coordinator(client, cfg.run), cfg.run,
                           book.epochs(cfg.seed * 1000 + int(self.name)), lambda p: build_prompt_ids(tok, p.messages, p.prefill),
                           cfg.sampling, ActorConfig(groups_per_batch=cfg.actors.groups_per_batch, max_in_flight_groups=cfg.max_in_flight_groups),
-                          constraint=constraint, tracer=get_tracer())
+                          constraint=constraint, tracer=get_tracer(), on_published=self._log_produced,
+                          owner=f"actor-{self.name}")
             stats = await actor.run(self._stop, max_groups)
             return {"samples": stats.samples, "groups": stats.groups, "generate_s": stats.generate_s, "tokens": stats.tokens,
                     "weight_loads": stats.weight_loads, "weight_load_s": stats.weight_load_s, "admission_wait_s": stats.admission_wait_s}

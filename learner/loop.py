@@ -85,6 +85,7 @@ class Learner:
         self._metrics_file = Path(metrics_file)
         self._tracer = tracer or trace.get_tracer("deepretrieval")
         self.ledger: set[str] = set()
+        self.trained: list[str] = []  # uids in training order, this lineage (duplicates would show here)
         self._uncommitted: list[str] = []
         self.batcher = Batcher(transport, coordinator, run, group_size=group_size, groups_per_step=cfg.groups_per_step,
                                max_staleness=cfg.max_staleness, ledger=self.ledger, consumer=consumer)
@@ -97,17 +98,18 @@ class Learner:
         if path is None:
             return self.trainer.policy_version
         extra = self.trainer.load_checkpoint(path)
-        self.ledger.update(extra.get("ledger", []))
+        self.trained = list(extra.get("trained", []))
+        self.ledger.update(self.trained)
         self.trainer.policy_version = int(extra.get("policy_version", self.trainer.step))
         log.info("resumed from %s: step %d, policy v%d, %d uids trained", path, self.trainer.step, self.trainer.policy_version, len(self.ledger))
         return self.trainer.policy_version
 
     async def commit(self) -> Path:
-        """Checkpoint (model, optimizer, RNG, step, version, ledger), then ack what it covers."""
+        """Checkpoint (model, optimizer, RNG, step, version, trained uids), then ack what it covers."""
         path = checkpoint_path(self._ckpt_root, self.trainer.policy_version)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: self.trainer.save_checkpoint(
-            path, extra={"ledger": sorted(self.ledger), "policy_version": self.trainer.policy_version}))
+            path, extra={"trained": self.trained, "policy_version": self.trainer.policy_version}))
         if self._uncommitted:
             await self._transport.ack(scored_stream(self._run), LEARNER_GROUP, self._uncommitted)
             self._uncommitted = []
@@ -139,6 +141,7 @@ class Learner:
         metrics = await loop.run_in_executor(None, self.trainer.train_step, samples)
         self.trainer.policy_version += 1
         self.ledger.update(batch.uids)
+        self.trained += batch.uids
         self._uncommitted += batch.entry_ids
         publish_s = await self._publish(self.trainer.policy_version)
         await self._coord.consume(batch.group_ids)

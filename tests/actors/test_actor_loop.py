@@ -62,7 +62,7 @@ async def test_admission_bounds_groups_in_flight_and_new_versions_load_between_b
     assert await coord.consume(first_groups[:2]) == 0  # consuming a group again frees nothing
     await _wait_for(lambda: _count_is(client, "a1", 12))
     stop.set()
-    await coord.release(4)  # unblock a waiting admission so the loop sees `stop`
+    await coord.consume(list(dict.fromkeys(r.group_id for r in await _published(client, "a1"))))  # unblock admission
     stats = await asyncio.wait_for(task, 60)
     rollouts = await _published(client, "a1")
     assert [r.policy_version for r in rollouts] == [0] * 8 + [1] * 4
