@@ -139,7 +139,9 @@ class Learner:
         version_before = self.trainer.policy_version
         loop = asyncio.get_running_loop()
         metrics = await loop.run_in_executor(None, self.trainer.train_step, samples)
-        self.trainer.policy_version += 1
+        # One learner step = one new policy version, whether or not the optimizer stepped
+        # (Trainer.train_step bumps the version only when it did).
+        self.trainer.policy_version = version_before + 1
         self.ledger.update(batch.uids)
         self.trained += batch.uids
         self._uncommitted += batch.entry_ids
