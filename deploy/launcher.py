@@ -223,8 +223,8 @@ def _finish(cfg: TrainConfig, result: RunResult) -> None:
                "learner": result.learner, "actors": result.actors, "rewarders": result.rewarders}
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     try:
-        from deepretrieval.learner.plots import plot_run
+        from deepretrieval.learner.plots import plot_metrics
 
-        plot_run(cfg.run_dir)
+        plot_metrics(cfg.run_dir)
     except (ImportError, OSError, ValueError) as e:
         log.warning("plots not drawn: %s", e)

@@ -105,7 +105,8 @@ class FilesystemWeightSync:
     def __init__(self, root: Path, coordinator: Coordinator, keep: int = 3, *, dtype: torch.dtype | None = None):
         if keep < 1:
             raise ValueError(f"keep must be >= 1 (the announced version is always kept), got {keep}")
-        self.root = Path(root)
+        # Announced paths are read by other processes (other working directories): make them absolute.
+        self.root = Path(root).absolute()
         self._coordinator = coordinator
         self._keep = keep
         self._dtype = dtype
@@ -118,14 +119,15 @@ class FilesystemWeightSync:
         """Export `policy` as `version`, announce it, prune old versions (see `WeightSync.publish`).
 
         Args:
-            version: the policy version (>= 0), not published before.
+            version: the policy version (>= 0); an existing folder of that version (a crashed
+                run's) is replaced.
             policy: the learner's policy; every trainer rank calls this (the export is collective).
 
         Returns:
             The publication with its timings; on ranks other than 0 only `export_s` is set.
 
         Raises:
-            ValueError: `version` is negative or its folder already exists (versions are immutable).
+            ValueError: `version` is negative.
             Exception: whatever the export raised; the partial folder is removed and nothing is
                 announced.
         """
@@ -133,8 +135,6 @@ class FilesystemWeightSync:
             raise ValueError(f"version must be >= 0, got {version}")
         target = self.version_dir(version)
         writer = policy.rank == 0
-        if writer and target.exists():
-            raise ValueError(f"version {version} is already published at {target}; versions are immutable, publish a newer one")
         partial = self.root / f".{target.name}.partial-{os.getpid()}"
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
@@ -146,7 +146,7 @@ class FilesystemWeightSync:
             if writer:
                 if not any(partial.glob("*.safetensors")):
                     raise RuntimeError(f"export_safetensors wrote no *.safetensors into {partial}")
-                partial.rename(target)
+                self._move_into_place(partial, target)
         except BaseException:
             if writer:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -166,12 +166,31 @@ class FilesystemWeightSync:
                         version, target, None if latest is None else latest.version)
 
         t0 = time.perf_counter()
-        pruned = self._prune(latest.version) if latest is not None else []
+        # Deleting a version is blocking file I/O; actors can load the announced one meanwhile.
+        pruned = await loop.run_in_executor(None, self._prune, latest.version) if latest is not None else []
         prune_s = time.perf_counter() - t0
         log.info("published policy v%d (%.0f MB) in %.2fs + announce %.3fs + prune %.3fs", version, nbytes / 1e6,
                  export_s, announce_s, prune_s)
         return WeightPublication(version=version, weights_dir=target, bytes=nbytes, export_s=export_s,
                                  announce_s=announce_s, prune_s=prune_s, announced=announced, pruned=tuple(pruned))
+
+    @staticmethod
+    def _move_into_place(partial: Path, target: Path) -> None:
+        """Rename the finished export to its version folder, replacing one left by an earlier run.
+
+        A learner resumed from a checkpoint at version C re-publishes C (and C+1, ... later), whose
+        folders a crashed predecessor may have written: the resumed learner's weights win. The old
+        folder is hidden first, so a reader finds the old folder, the new one, or (for the instant
+        between the two renames) none, never a mix.
+        """
+        if not target.exists():
+            partial.rename(target)
+            return
+        log.warning("version folder %s exists (an earlier run's); replacing it with this learner's weights", target)
+        stale = target.parent / f".{target.name}.deleting-{os.getpid()}"
+        target.rename(stale)
+        partial.rename(target)
+        shutil.rmtree(stale, ignore_errors=True)
 
     def _prune(self, announced: int) -> list[Path]:
         """Delete versions retention drops and hidden leftovers of other processes; returns what was deleted."""
