@@ -162,10 +162,15 @@ class LearnerWorker(_Worker):
                           metrics_file=cfg.run_dir / "metrics.jsonl", tracer=get_tracer())
         try:
             version = learner.resume()
-            if version > 0:
-                await publish(version)  # actors started from the base model: give them the resumed weights
+            latest = await coord.latest()
+            if latest is not None and latest.version >= version:
+                # A crashed lineage announced versions past our checkpoint: continue numbering after
+                # them, so versions never go backwards and actors load the resumed weights.
+                trainer.policy_version = latest.version + 1
+            if trainer.policy_version > 0:
+                await publish(trainer.policy_version)  # actors started from the base model or a lost lineage
             await learner.run(self._stop, cfg.max_steps)
-            return {"steps": trainer.policy_version, "idle_s": learner.idle_s, "busy_s": learner.busy_s,
+            return {"steps": learner.steps, "policy_version": trainer.policy_version, "idle_s": learner.idle_s, "busy_s": learner.busy_s,
                     "batcher": {k: v for k, v in vars(learner.batcher.stats).items() if k != "staleness"}}
         finally:
             await client.aclose()

@@ -86,6 +86,7 @@ class Learner:
         self._tracer = tracer or trace.get_tracer("deepretrieval")
         self.ledger: set[str] = set()
         self.trained: list[str] = []  # uids in training order, this lineage (duplicates would show here)
+        self.steps = 0  # learner steps of this lineage (max_steps counts these, not version numbers)
         self._uncommitted: list[str] = []
         self.batcher = Batcher(transport, coordinator, run, group_size=group_size, groups_per_step=cfg.groups_per_step,
                                max_staleness=cfg.max_staleness, ledger=self.ledger, consumer=consumer)
@@ -99,6 +100,7 @@ class Learner:
             return self.trainer.policy_version
         extra = self.trainer.load_checkpoint(path)
         self.trained = list(extra.get("trained", []))
+        self.steps = int(extra.get("steps", 0))
         self.ledger.update(self.trained)
         self.trainer.policy_version = int(extra.get("policy_version", self.trainer.step))
         log.info("resumed from %s: step %d, policy v%d, %d uids trained", path, self.trainer.step, self.trainer.policy_version, len(self.ledger))
@@ -106,10 +108,10 @@ class Learner:
 
     async def commit(self) -> Path:
         """Checkpoint (model, optimizer, RNG, step, version, trained uids), then ack what it covers."""
-        path = checkpoint_path(self._ckpt_root, self.trainer.policy_version)
+        path = checkpoint_path(self._ckpt_root, self.steps)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: self.trainer.save_checkpoint(
-            path, extra={"trained": self.trained, "policy_version": self.trainer.policy_version}))
+            path, extra={"trained": self.trained, "steps": self.steps, "policy_version": self.trainer.policy_version}))
         if self._uncommitted:
             await self._transport.ack(scored_stream(self._run), LEARNER_GROUP, self._uncommitted)
             self._uncommitted = []
@@ -142,6 +144,7 @@ class Learner:
         # One learner step = one new policy version, whether or not the optimizer stepped
         # (Trainer.train_step bumps the version only when it did).
         self.trainer.policy_version = version_before + 1
+        self.steps += 1
         self.ledger.update(batch.uids)
         self.trained += batch.uids
         self._uncommitted += batch.entry_ids
@@ -154,9 +157,9 @@ class Learner:
                   "wait_s": waited, "train_s": train_s, "publish_s": publish_s,
                   "groups_uniform": float(gstats.groups_uniform), "samples_trained": float(gstats.samples_out),
                   **_batch_metrics(batch, version_before), **{k: float(v) for k, v in metrics.items()},
-                  "step": float(self.trainer.policy_version)}
+                  "step": float(self.steps)}
         self._train_span(batch, record)
-        if self.cfg.checkpoint_every and self.trainer.policy_version % self.cfg.checkpoint_every == 0:
+        if self.cfg.checkpoint_every and self.steps % self.cfg.checkpoint_every == 0:
             await self.commit()
         self._metrics_file.parent.mkdir(parents=True, exist_ok=True)
         with self._metrics_file.open("a") as f:
@@ -164,13 +167,13 @@ class Learner:
         return record
 
     async def run(self, stop: asyncio.Event, max_steps: int) -> None:
-        """Train until policy version `max_steps` or `stop`; always ends with a commit.
+        """Train until `max_steps` learner steps or `stop`; always ends with a commit.
 
         A learner step is one batch and one new policy version (even when every group of the
         batch had equal rewards and the optimizer step was skipped).
         """
         try:
-            while self.trainer.policy_version < max_steps and not stop.is_set():
+            while self.steps < max_steps and not stop.is_set():
                 if await self.step(stop) is None:
                     break
         finally:
