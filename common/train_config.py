@@ -72,6 +72,7 @@ class TrainConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray placement.")
     trace_file: Path | None = Field(None, description="Write every process's finished spans here (JSON lines); None = runs/<run>/traces.jsonl.")
     seed: int = Field(0, description="Seed of prompt order and engines.")
+    eval_before_after: bool = Field(False, description="Evaluate the policy on each task's eval_split before and after training (eval-before.json, eval-after.json in the run folder).")
 
     @property
     def max_in_flight_groups(self) -> int:

@@ -178,6 +178,11 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
     interrupted = False
     try:
         prepare_run(cfg)
+        if cfg.eval_before_after:
+            from deepretrieval.common.model_fetch import resolve_model
+            from deepretrieval.deploy.run_eval import evaluate_policy
+
+            evaluate_policy(cfg, Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir)), "before")
         ray = _ray_init(cfg)
         roles = ([_Role("learner", LearnerWorker, 0)] + [_Role("rewarder", RewarderWorker, i) for i in range(cfg.rewarders.processes)]
                  + [_Role("actor", ActorWorker, i) for i in range(cfg.actors.processes)])
@@ -212,6 +217,13 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
     by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
     result = RunResult(cfg.run_dir, time.monotonic() - t0, by("learner")[0], by("actor"), by("rewarder"), interrupted,
                        {f"{r.name}-{r.index}": r.restarts for r in sup.roles})
+    from deepretrieval.learner.weight_sync import version_dir_name
+
+    final = cfg.run_dir / "weights" / version_dir_name(int(result.learner.get("policy_version", 0)))
+    if cfg.eval_before_after and final.is_dir():
+        from deepretrieval.deploy.run_eval import evaluate_policy
+
+        evaluate_policy(cfg, final, "after")
     _finish(cfg, result)
     return result
 
