@@ -60,6 +60,7 @@ class LearnerConfig(StrictModel):
     checkpoint_every: int = Field(50, ge=0, description="Save a DCP checkpoint every this many optimizer steps; 0 never.")
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted after a new one is complete.")
     seed: int = Field(0, description="Seed of torch, numpy and random on every rank (rank added).")
+    cpu_cores: list[int] | None = Field(None, description="CPU only: pin the learner process and its torch threads to these cores (e.g. [1] with the actor's engine bound to core 0, so generation and training do not compete); None = every core.")
     loss: LossConfig = Field(default_factory=LossConfig, description="The policy loss.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="The optimizer.")
 

@@ -65,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--reward-latency-ms", type=float, default=200.0, help="latency the PubMed emulator adds per call")
     a.add_argument("--steps", type=int, default=8, help="learner steps per mode")
     a.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    a.add_argument("--pin", action="store_true", help="bind the engine to core 0 and the learner to core 1 (both modes)")
 
     ch = _leaf(bsub, "chaos", "kill -9 random workers during short runs; compare produced and trained uids", run_chaos)
     ch.add_argument("--trials", type=int, default=5)
@@ -124,7 +125,7 @@ def run_logprob_gap(args: argparse.Namespace) -> int:
 def run_async(args: argparse.Namespace) -> int:
     from deepretrieval.deploy.bench_async import run
 
-    return _emit(args, run(paths_from_args(args), reward_latency_ms=args.reward_latency_ms, steps=args.steps, engine=args.engine))
+    return _emit(args, run(paths_from_args(args), reward_latency_ms=args.reward_latency_ms, steps=args.steps, engine=args.engine, pin=args.pin))
 
 
 def run_weightsync(args: argparse.Namespace) -> int:

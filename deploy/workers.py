@@ -145,6 +145,13 @@ class LearnerWorker(_Worker):
 
         cfg = self.cfg
         self._tracing("deepretrieval-learner")
+        if cfg.learner.cpu_cores:
+            import os
+
+            import torch
+
+            os.sched_setaffinity(0, set(cfg.learner.cpu_cores))
+            torch.set_num_threads(len(cfg.learner.cpu_cores))
         model_dir = Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir))
         loop = asyncio.get_running_loop()
         trainer = await loop.run_in_executor(None, lambda: Trainer.from_pretrained(model_dir, cfg.learner))
