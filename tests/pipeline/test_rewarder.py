@@ -12,27 +12,11 @@ from deepretrieval.common.config_pipeline import TransportConfig
 from deepretrieval.common.datasets import BeirDataset
 from deepretrieval.common.metrics import evaluate
 from deepretrieval.common.run_config import RewarderConfig, TaskRunConfig
-from deepretrieval.common.streams import RedisStreamTransport, redis_client, rollouts_stream, scored_stream
-from deepretrieval.common.wire import Scored
+from deepretrieval.deploy.bench_common import drain_scored, publish_rollouts
 from deepretrieval.rewarders.bm25 import BM25Backend
 from deepretrieval.rewarders.lucene_index import ensure_lucene_index
 from deepretrieval.rewarders.service import RewarderServiceConfig, serve_rewarder
 from tests.pipeline.helpers import answer, prepared_prompts, read_prompts, rollout
-
-
-async def drain_scored(url: str, run: str, expect: int, timeout_s: float = 60.0) -> list[Scored]:
-    transport = RedisStreamTransport(redis_client(url), TransportConfig(url=url), owns_client=True)
-    out: list[Scored] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    try:
-        while len(out) < expect and loop.time() < deadline:
-            for entry_id, msg in await transport.read(scored_stream(run), "check", "c", 100, block_ms=200):
-                out.append(msg)
-                await transport.ack(scored_stream(run), "check", [entry_id])
-    finally:
-        await transport.close()
-    return out
 
 
 def service_config(url: str, run: str, prompt_file, data_root, index_root, **rewarder) -> RewarderServiceConfig:
@@ -55,14 +39,11 @@ async def test_rewarder_scores_valid_and_malformed_outputs(tmp_path, redis_url, 
         "not_utf8": rollout(prompts[10], b"\xff\xfe\x80 \xc3(</think".decode("utf-8", "surrogateescape")),
         "empty_query": rollout(prompts[11], answer("   ")),
     }
-    transport = RedisStreamTransport(redis_client(redis_url), TransportConfig(url=redis_url), owns_client=True)
-    for r in [*cases, *bad.values()]:
-        await transport.publish(rollouts_stream("t1"), r)
-    await transport.close()
+    await publish_rollouts(redis_url, "t1", [*cases, *bad.values()])
 
     stats = await serve_rewarder(service_config(redis_url, "t1", prompt_file, data_root, index_root),
                                  asyncio.Event(), max_samples=len(cases) + len(bad))
-    scored = {s.rollout.uid: s for s in await drain_scored(redis_url, "t1", len(cases) + len(bad))}
+    scored = {s.rollout.uid: s for s in await drain_scored(redis_url, "t1", len(cases) + len(bad), timeout_s=60)}
     assert len(scored) == 12 and stats.scored == 12
 
     # Valid answers: reward = 0.1 + nDCG@50 of the same query searched directly (or 0 when nDCG = 0).
@@ -91,9 +72,7 @@ async def test_unknown_prompt_is_masked_not_scored(tmp_path, redis_url, data_roo
     prompt = read_prompts(prompt_file, 1)[0]
     stranger = rollout(prompt, answer("x"))
     object.__setattr__(stranger, "prompt_uid", "no-such-prompt")
-    transport = RedisStreamTransport(redis_client(redis_url), TransportConfig(url=redis_url), owns_client=True)
-    await transport.publish(rollouts_stream("t2"), stranger)
-    await transport.close()
+    await publish_rollouts(redis_url, "t2", [stranger])
     await serve_rewarder(service_config(redis_url, "t2", prompt_file, data_root, index_root), asyncio.Event(), max_samples=1)
-    (s,) = await drain_scored(redis_url, "t2", 1)
+    (s,) = await drain_scored(redis_url, "t2", 1, timeout_s=60)
     assert s.status == "unavailable" and s.reward is None and "no-such-prompt" in (s.error or "")
