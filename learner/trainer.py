@@ -14,7 +14,7 @@ import copy
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from deepretrieval.common.learner_config import LearnerConfig
 from deepretrieval.learner import checkpoint as ckpt
 from deepretrieval.learner.export import full_state_dict, tied_parameter_names, write_hf_checkpoint
 from deepretrieval.learner.grpo_loss import loss_denominator, loss_mask, policy_loss
+from deepretrieval.learner.sft import sft_loss
 from deepretrieval.learner.sequences import PackedBatch, TrainSample, collate, split_micro_batches, token_logprobs
 from deepretrieval.learner.sharding import all_reduce, barrier, rank_and_world, shard_model, torch_dtype
 
@@ -128,7 +129,7 @@ class Trainer:
                                   entropy_grad=self.cfg.loss.entropy_coef > 0)
 
     def train_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
-        """One optimizer step on this rank's share of the global batch (collective under torchrun).
+        """One policy-gradient optimizer step on this rank's share of the global batch (collective under torchrun).
 
         Gradients accumulate over micro-batches; each micro-batch's loss is divided by the global
         denominator (tokens or sequences, summed over every micro-batch of every rank). The step is
@@ -143,9 +144,52 @@ class Trainer:
             "lr", "tokens", "samples", "staleness/mean", "staleness/max", "step", "step/skipped".
         """
         loss_cfg = self.cfg.loss
+
+        def compute(b: PackedBatch, denominator: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            logprobs, entropy = self._logprobs(self.model, b, with_entropy=True)
+            ref_logprobs = None
+            if self.ref_model is not None:
+                with torch.no_grad():
+                    ref_logprobs, _ = self._logprobs(self.ref_model, b, with_entropy=False)
+            return policy_loss(logprobs, b.behaviour_logprobs, b.advantages, b.response_mask, loss_cfg,
+                               ref_logprobs=ref_logprobs, entropy=entropy, constrained=b.restricted,
+                               denominator=denominator)
+
+        return self._step(samples, lambda b: loss_mask(b.response_mask, loss_cfg, b.restricted),
+                          lambda m: loss_denominator(m, loss_cfg.loss_agg), compute)
+
+    def sft_step(self, samples: Sequence[TrainSample]) -> dict[str, float]:
+        """One supervised optimizer step: mean cross-entropy of the response tokens (the warm-up).
+
+        Same sharding, micro-batching, clipping and skipping as `train_step`; the samples'
+        advantages and behaviour log-probs are ignored and log-probs are taken at temperature 1.
+
+        Returns:
+            metrics: "loss" (mean token NLL of the batch), "nll", "grad_norm", "lr", "tokens",
+            "samples", "step", "step/skipped" (plus staleness keys, 0 for warm-up samples).
+        """
+        def compute(b: PackedBatch, denominator: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            with self._autocast():
+                logprobs, _ = token_logprobs(self.model, b.input_ids, b.attention_mask, b.response_mask,
+                                             torch.ones_like(b.temperatures), position_ids=b.position_ids)
+            return sft_loss(logprobs, b.response_mask, denominator=denominator)
+
+        return self._step(samples, lambda b: b.response_mask, lambda m: m.sum().to(torch.float32), compute)
+
+    def _step(self, samples: Sequence[TrainSample], mask_of: Callable[[PackedBatch], torch.Tensor],
+              denominator_of: Callable[[torch.Tensor], torch.Tensor],
+              compute: Callable[[PackedBatch, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]) -> dict[str, float]:
+        """Accumulate `compute`'s loss over this rank's micro-batches, then take one optimizer step.
+
+        Args:
+            samples: this rank's samples.
+            mask_of: a micro-batch's loss mask [B, T].
+            denominator_of: a loss mask's share of the global denominator (summed over micro-batches and ranks).
+            compute: (micro-batch on device, global denominator) -> (loss share, metrics incl. "tokens").
+        """
         batches = self._micro_batches(samples)
-        masks = [loss_mask(b.response_mask, loss_cfg, b.restricted) for b in batches]
-        denominator = all_reduce(torch.stack([loss_denominator(m, loss_cfg.loss_agg) for m in masks]).sum()
+        masks = [mask_of(b) for b in batches]
+        denominator = all_reduce(torch.stack([denominator_of(m) for m in masks]).sum()
                                  if masks else torch.tensor(0.0))
         counts = all_reduce(torch.tensor([float(len(samples)), float(sum(self.policy_version - s.policy_version for s in samples))], dtype=torch.float64))
         staleness_max = all_reduce(torch.tensor(max((self.policy_version - s.policy_version for s in samples), default=0)), dist.ReduceOp.MAX)
@@ -163,14 +207,7 @@ class Trainer:
             b = b.to(self.device)
             if self.sharded:
                 self.model.set_requires_gradient_sync(i == len(batches) - 1)  # type: ignore[operator]
-            logprobs, entropy = self._logprobs(self.model, b, with_entropy=True)
-            ref_logprobs = None
-            if self.ref_model is not None:
-                with torch.no_grad():
-                    ref_logprobs, _ = self._logprobs(self.ref_model, b, with_entropy=False)
-            loss, metrics = policy_loss(logprobs, b.behaviour_logprobs, b.advantages, b.response_mask, loss_cfg,
-                                        ref_logprobs=ref_logprobs, entropy=entropy, constrained=b.restricted,
-                                        denominator=denominator)
+            loss, metrics = compute(b, denominator)
             # FSDP averages gradients over ranks; the loss is already a share of the global mean.
             (loss * self.world_size).backward()
             loss_sum += float(loss.detach())

@@ -1,0 +1,94 @@
+"""The format warm-up's supervised half: rejection filter, SFT samples and the cross-entropy loss.
+
+Rejection-sampling fine-tuning (RFT, the "cold start" of reasoning-RL recipes): of each prompt's
+G constrained completions keep at most one, the best, and only if its reward beats the reward the
+original request earns when sent as the query. The policy is then fine-tuned on those completions
+with plain cross-entropy on the completion tokens (tags included), so it learns to write the
+answer format unprompted and to write queries that beat the request.
+
+Shapes: B sequences, T response positions (right-padded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deepretrieval.learner.sequences import TrainSample
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored completion of a warm-up prompt.
+
+    Args:
+        prompt_uid: the prompt it answers.
+        uid: the completion's rollout uid.
+        prompt_ids: [P] the chat-templated prompt (prefill included).
+        response_ids: [T] the completion's tokens.
+        reward: its reward; None when the backend could not answer (never kept).
+        format_ok: whether the completion parsed.
+    """
+
+    prompt_uid: str
+    uid: str
+    prompt_ids: Sequence[int]
+    response_ids: Sequence[int]
+    reward: float | None
+    format_ok: bool
+
+
+def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], *, margin: float = 0.0) -> list[Candidate]:
+    """The rejection filter: per prompt, the highest-reward format-valid completion, if it beats the baseline.
+
+    Args:
+        candidates: completions of any number of prompts.
+        baseline: prompt uid -> reward of the original request used as the query. A prompt without
+            a baseline (its search was unavailable) keeps nothing: "beats the original" is unknown.
+        margin: a kept reward must exceed the baseline by more than this.
+
+    Returns:
+        at most one candidate per prompt, in first-seen prompt order; ties go to the first seen.
+    """
+    best: dict[str, Candidate] = {}
+    for c in candidates:
+        if not c.format_ok or c.reward is None or c.prompt_uid not in baseline:
+            continue
+        if c.reward <= baseline[c.prompt_uid] + margin:
+            continue
+        held = best.get(c.prompt_uid)
+        if held is None or c.reward > held.reward:  # type: ignore[operator]
+            best[c.prompt_uid] = c
+    return list(best.values())
+
+
+def sft_samples(kept: Sequence[Candidate]) -> list[TrainSample]:
+    """Kept completions as `TrainSample`s for `Trainer.sft_step` (advantage and log-probs unused)."""
+    out = []
+    for c in kept:
+        response = np.asarray(c.response_ids, dtype=np.int32)
+        out.append(TrainSample(uid=c.uid, group_id=c.prompt_uid, policy_version=0,
+                               prompt_ids=np.asarray(c.prompt_ids, dtype=np.int32), response_ids=response,
+                               behaviour_logprobs=np.zeros(len(response), np.float32), advantage=0.0,
+                               reward=float(c.reward or 0.0), temperature=1.0, restricted=False))
+    return out
+
+
+def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, *, denominator: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of the response tokens, as this micro-batch's share of the global token mean.
+
+    Args:
+        logprobs: [B, T] log π of each response token (temperature 1), 0 at padding.
+        mask: [B, T] bool, real response tokens.
+        denominator: the number of response tokens in the whole global batch.
+
+    Returns:
+        (loss = −Σ logprobs·mask / denominator, {"nll": this micro-batch's mean token NLL, "tokens": its token count}).
+    """
+    m = mask.to(logprobs.dtype)
+    total = -(logprobs * m).sum()
+    tokens = float(m.sum())
+    return total / denominator.clamp(min=1.0), {"nll": float(total.detach()) / max(tokens, 1.0), "tokens": tokens}
