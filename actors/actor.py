@@ -19,6 +19,7 @@ from opentelemetry import trace
 from pydantic import Field
 
 from deepretrieval.actors.base import GenerationEngine, GenerationRequest, Sample
+from deepretrieval.common import trace_names as names
 from deepretrieval.common.base import Transport
 from deepretrieval.common.config import StrictModel
 from deepretrieval.common.coordination import Coordinator
@@ -112,24 +113,10 @@ class Actor:
 
     def _rollouts(self, prompt: Prompt, request: GenerationRequest, group: list[Sample], version: int,
                   start_ns: int, end_ns: int) -> list[Rollout]:
-        group_id = uuid.uuid4().hex
-        params = SamplingParams(self._sampling.temperature, self._sampling.top_p, self._sampling.max_new_tokens,
-                                request.constraint is not None)
-        out: list[Rollout] = []
-        for i, s in enumerate(group):
-            uid = f"{group_id}-{i}"
-            span = self._tracer.start_span("rl.generate", start_time=start_ns, attributes={
-                "rl.uid": uid, "rl.group_id": group_id, "rl.prompt_uid": prompt.uid, "rl.policy_version": version,
-                "rl.engine": self._engine.name, "gen.tokens": len(s.token_ids), "gen.finish_reason": s.finish_reason})
-            carrier = inject_context(trace.set_span_in_context(span))
-            span.end(end_time=end_ns)
-            out.append(Rollout(
-                uid=uid, group_id=group_id, prompt_uid=prompt.uid, policy_version=version,
-                prompt_token_ids=request.prompt_token_ids, response_token_ids=s.token_ids, logprobs=s.logprobs,
-                sampling=params, finish_reason=s.finish_reason, completion=s.text, engine=self._engine.name,
-                created_at=time.time(), traceparent=carrier.get("traceparent", ""), tracestate=carrier.get("tracestate", "")))
-            self.stats.tokens += len(s.token_ids)
-            self.stats.stop_string_hits += int(s.hit_stop_string)
+        out = rollouts_from_group(prompt, request, group, version=version, sampling=self._sampling,
+                                  engine_name=self._engine.name, tracer=self._tracer, start_ns=start_ns, end_ns=end_ns)
+        self.stats.tokens += sum(len(s.token_ids) for s in group)
+        self.stats.stop_string_hits += sum(int(s.hit_stop_string) for s in group)
         return out
 
     async def step(self, stop: asyncio.Event | None = None) -> int:
@@ -178,3 +165,37 @@ class Actor:
             if await self.step(stop) == 0:
                 break
         return self.stats
+
+
+def rollouts_from_group(prompt: Prompt, request: GenerationRequest, group: list[Sample], *, version: int,
+                        sampling: SamplingConfig, engine_name: str, tracer: trace.Tracer,
+                        start_ns: int, end_ns: int) -> list[Rollout]:
+    """One wire `Rollout` per sample of a prompt's group, each under its own `rl.generate` span.
+
+    Args:
+        prompt: the prompt the group answers.
+        request: what the engine was asked (its constraint marks the samples as constrained).
+        group: the engine's samples.
+        version: the policy version that sampled them.
+        sampling: the sampling parameters used.
+        engine_name: the engine's label.
+        tracer: tracer for the `rl.generate` spans (start/end = the generate call's).
+        start_ns: when the generate call started (ns since the epoch).
+        end_ns: when it ended.
+    """
+    group_id = uuid.uuid4().hex
+    params = SamplingParams(sampling.temperature, sampling.top_p, sampling.max_new_tokens, request.constraint is not None)
+    out: list[Rollout] = []
+    for i, s in enumerate(group):
+        uid = f"{group_id}-{i}"
+        span = tracer.start_span(names.GENERATE, start_time=start_ns, attributes={
+            names.UID: uid, names.GROUP_ID: group_id, names.PROMPT_UID: prompt.uid, names.POLICY_VERSION: version,
+            names.ENGINE: engine_name, names.GEN_TOKENS: len(s.token_ids), names.GEN_FINISH_REASON: s.finish_reason})
+        carrier = inject_context(trace.set_span_in_context(span))
+        span.end(end_time=end_ns)
+        out.append(Rollout(
+            uid=uid, group_id=group_id, prompt_uid=prompt.uid, policy_version=version,
+            prompt_token_ids=request.prompt_token_ids, response_token_ids=s.token_ids, logprobs=s.logprobs,
+            sampling=params, finish_reason=s.finish_reason, completion=s.text, engine=engine_name,
+            created_at=time.time(), traceparent=carrier.get("traceparent", ""), tracestate=carrier.get("tracestate", "")))
+    return out

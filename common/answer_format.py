@@ -112,6 +112,28 @@ def format_instruction(fmt: AnswerFormat) -> str:
     )
 
 
+def render_answer(fmt: AnswerFormat, value: str, reasoning: str = "") -> str:
+    """The canonical completion carrying `value`: what `parse_answer` reads back as `value`.
+
+    Used to score a request as it is (the warm-up's "original query" baseline) through the same
+    parser, backend and reward as the policy's completions.
+
+    Args:
+        fmt: the answer format.
+        value: the query (or SQL).
+        reasoning: text for the reasoning block (ignored when `fmt.think` is "none"); must hold no tag.
+
+    Returns:
+        The completion text (after the prompt and the prefill).
+    """
+    obj = json.dumps({fmt.key: value}, ensure_ascii=False)
+    answer = f"{ANSWER_OPEN}\n{obj}\n{ANSWER_CLOSE}"
+    if fmt.think == "none":
+        return answer
+    head = THINK_OPEN if fmt.think == "generate" else ""
+    return f"{head}{reasoning}{THINK_CLOSE}\n{answer}"
+
+
 def _to_text(completion: str | bytes) -> tuple[str, bool]:
     """Decode bytes as UTF-8 and drop lone surrogates, replacing bad parts with U+FFFD."""
     if isinstance(completion, bytes | bytearray):

@@ -28,6 +28,16 @@ def prompt_files(cfg: TrainConfig, split_of: str = "train_split") -> list[Path]:
     return [cfg.run_dir / "prompts" / t.task / f"{getattr(t, split_of)}.jsonl" for t in cfg.tasks]
 
 
+def rewarder_service_config(cfg: TrainConfig, consumer: str):
+    """The config of a rewarder process (or in-process rewarder) of this run."""
+    from deepretrieval.rewarders.service import RewarderServiceConfig
+
+    tasks = [t.model_dump(include={"task", "overrides", "backend", "k"}) for t in cfg.tasks]
+    return RewarderServiceConfig(run=cfg.run, prompt_files=prompt_files(cfg), tasks=tasks, transport=cfg.transport,
+                                 cache=cfg.rewarders.cache, retry=cfg.rewarders.retry, rewarder=cfg.rewarders.rewarder,
+                                 paths=cfg.paths, trace_file=cfg.trace_file, consumer=consumer)
+
+
 class _Worker:
     def __init__(self, cfg_json: str, name: str):
         self.cfg = TrainConfig.model_validate_json(cfg_json)
@@ -107,13 +117,7 @@ class RewarderWorker(_Worker):
     """One rewarder process."""
 
     def service_config(self):
-        from deepretrieval.rewarders.service import RewarderServiceConfig
-
-        cfg = self.cfg
-        tasks = [t.model_dump(include={"task", "overrides", "backend", "k"}) for t in cfg.tasks]
-        return RewarderServiceConfig(run=cfg.run, prompt_files=prompt_files(cfg), tasks=tasks, transport=cfg.transport,
-                                     cache=cfg.rewarders.cache, retry=cfg.rewarders.retry, rewarder=cfg.rewarders.rewarder,
-                                     paths=cfg.paths, trace_file=cfg.trace_file, consumer=f"rewarder-{self.name}")
+        return rewarder_service_config(self.cfg, f"rewarder-{self.name}")
 
     async def run(self) -> dict:
         from deepretrieval.rewarders.service import RewarderService

@@ -179,3 +179,15 @@ def test_xgrammar_reads_the_regex_the_same_way():
     samples += ['</think><answer>{"query": "\\u0020x"}</answer>', '</think><answer>{"query": "\\u0020"}</answer>', 'a<th<x</think><answer>{"query":"<a"}</answer>']
     for text in samples:
         assert xgr_testing._is_grammar_accept_string(grammar, text) == parse_answer(text, QUERY).ok, text
+
+
+@pytest.mark.parametrize("think", ["prefill", "generate", "none"])
+@pytest.mark.parametrize("value", ["statins muscle pain", 'quote " and \\ backslash', "naïve ünïcode", "  padded  "])
+def test_render_answer_is_read_back_by_the_parser_and_matches_the_grammar(think, value):
+    from deepretrieval.common.answer_format import render_answer
+
+    fmt = AnswerFormat(key="query", think=think)
+    text = render_answer(fmt, value, reasoning="short reasoning")
+    parsed = parse_answer(text, fmt)
+    assert parsed.ok and parsed.value == value, parsed
+    assert re.fullmatch(answer_regex(fmt), text)

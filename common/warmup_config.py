@@ -1,0 +1,26 @@
+"""The format warm-up's settings (rejection-sampling fine-tuning before RL). A config module: no torch."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from deepretrieval.common.config import StrictModel
+
+
+class WarmupConfig(StrictModel):
+    """Rejection-sampling fine-tuning (RFT) before RL: sample constrained, keep what beats the original, SFT.
+
+    The held-out prompts (for `format_ok_before/after`) are train-split prompts never used for
+    fine-tuning; both sets are drawn from the shuffled train prompts of every task of the run.
+    """
+
+    enabled: bool = Field(False, description="`train` runs the warm-up first (unless the run already has a warm policy) and starts RL from its export.")
+    prompts: int = Field(128, ge=1, le=100_000, description="Train prompts sampled for fine-tuning candidates (spread over the run's tasks).")
+    samples_per_prompt: int = Field(8, ge=1, le=256, description="Grammar-constrained completions per prompt (G); the best one that beats the original is kept.")
+    heldout_prompts: int = Field(48, ge=1, le=10_000, description="Train prompts kept out of fine-tuning, on which free-sampling format-ok is measured before and after.")
+    margin: float = Field(0.0, ge=0.0, description="A kept completion's reward must exceed the original request's by more than this.")
+    epochs: int = Field(3, ge=1, le=100, description="Passes over the kept completions.")
+    batch_seqs: int = Field(16, ge=1, le=4096, description="Kept completions per SFT optimizer step.")
+    lr: float = Field(5.0e-5, gt=0, le=1.0, description="SFT learning rate (AdamW, after the learner's warm-up steps).")
+    max_reasoning_chars: int = Field(200, ge=0, le=100_000, description="Reasoning length the constrained sampler allows, so every completion closes well before the token limit.")
+    seed: int = Field(0, description="Seed of the prompt shuffle and the SFT batch order.")
