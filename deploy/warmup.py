@@ -1,0 +1,224 @@
+"""`deepretrieval warmup`: rejection-sampling fine-tuning (RFT) of the policy before RL.
+
+TASKS.md §7: the default 135M model never writes the answer format by free sampling, so every RL
+reward would be the format penalty and GRPO would get no gradient. The warm-up fixes that:
+
+1. draw `prompts` train prompts and `heldout_prompts` others (never fine-tuned on);
+2. free-sample the held-out prompts at the task temperature: `format_ok_before`;
+3. sample G grammar-constrained completions per train prompt (actors' engine, answer regex);
+4. score them, and each request sent as is, with the run's rewarder (same backends, cache, rate
+   limiter, retries and `rl.reward` / `rl.search.*` spans as training);
+5. keep per prompt the best completion that beats its original request (learner/sft.py);
+6. fine-tune on them with the learner's Trainer (`sft_step`: cross-entropy on completion tokens,
+   tags included) and export the policy as a Hugging Face folder;
+7. load it into the engine and free-sample the held-out prompts again: `format_ok_after`.
+
+It lives in deploy/, the composition root, because it drives all three of actors/, rewarders/ and
+learner/ (which never import each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from deepretrieval.common.answer_format import parse_answer, render_answer
+from deepretrieval.common.train_config import TrainConfig
+from deepretrieval.common.warmup_config import WarmupConfig
+from deepretrieval.common.wire import Prompt, Rollout, SamplingParams, Scored
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "warmup.json"
+
+
+def warm_policy_dir(cfg: TrainConfig) -> Path:
+    """Where a run's warmed-up policy is exported."""
+    return cfg.run_dir / "warmup" / "policy"
+
+
+def warm_policy_ready(cfg: TrainConfig) -> bool:
+    """Whether the run already has a complete warm-up (its report is written last)."""
+    d = warm_policy_dir(cfg)
+    return (d / "config.json").is_file() and (d.parent / REPORT_NAME).is_file()
+
+
+def split_prompts(prompts: Sequence[Prompt], n_train: int, n_heldout: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
+    """Disjoint fine-tuning and held-out prompt sets from a seeded shuffle (held-out drawn first)."""
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    held = order[:n_heldout]
+    return order[n_heldout:n_heldout + n_train], held
+
+
+def _task_specs(cfg: TrainConfig) -> dict:
+    from deepretrieval.common.tasks import get_task
+
+    return {t.task: get_task(t.task, t.overrides) for t in cfg.tasks}
+
+
+def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig) -> float:
+    """Share of held-out prompts whose free-sampled completion (task temperature, no grammar) parses."""
+    from deepretrieval.actors.base import GenerationRequest
+    from deepretrieval.common.chat import build_prompt_ids
+
+    specs = _task_specs(cfg)
+    params = cfg.sampling.model_copy(update={"n": 1})
+    reqs = [GenerationRequest(build_prompt_ids(tokenizer, p.messages, p.prefill)) for p in prompts]
+    groups = engine.generate(reqs, params)
+    ok = sum(parse_answer(g[0].text, specs[p.task].answer).ok for p, g in zip(prompts, groups))
+    return ok / max(1, len(prompts))
+
+
+def original_rollout(prompt: Prompt, tokenizer, cfg: TrainConfig) -> Rollout:
+    """The request sent as is, wrapped in the canonical answer, as a rollout the rewarder scores."""
+    spec = _task_specs(cfg)[prompt.task]
+    text = render_answer(spec.answer, prompt.request)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return Rollout(uid=f"original-{prompt.uid}", group_id=f"original-{prompt.uid}", prompt_uid=prompt.uid, policy_version=0,
+                   prompt_token_ids=[0], response_token_ids=ids, logprobs=[0.0] * len(ids),
+                   sampling=SamplingParams(0.0, 1.0, cfg.sampling.max_new_tokens, False), finish_reason="stop",
+                   completion=text, engine="original", created_at=time.time())
+
+
+async def score_rollouts(cfg: TrainConfig, rollouts: Sequence[Rollout]) -> list[Scored]:
+    """Score rollouts with the run's rewarder in this process (needs `cfg.transport.url` for its cache)."""
+    from deepretrieval.common.telemetry import get_tracer
+    from deepretrieval.deploy.workers import rewarder_service_config
+    from deepretrieval.rewarders.service import RewarderService
+
+    service = RewarderService(rewarder_service_config(cfg, "warmup"), get_tracer())
+    try:
+        rewarder = await service.rewarder()
+        gate = asyncio.Semaphore(cfg.rewarders.rewarder.concurrency)
+
+        async def one(r: Rollout) -> Scored:
+            async with gate:
+                return await rewarder.score(r)
+
+        return await asyncio.gather(*(one(r) for r in rollouts))
+    finally:
+        await service.close()
+
+
+def _constrained_rollouts(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, wcfg: WarmupConfig) -> list[Rollout]:
+    from opentelemetry import trace
+
+    from deepretrieval.actors.actor import rollouts_from_group
+    from deepretrieval.actors.base import GenerationRequest
+    from deepretrieval.common.answer_grammar import answer_regex
+    from deepretrieval.common.chat import build_prompt_ids
+
+    regexes = {name: answer_regex(spec.answer, max_reasoning_chars=wcfg.max_reasoning_chars) for name, spec in _task_specs(cfg).items()}
+    params = cfg.sampling.model_copy(update={"n": wcfg.samples_per_prompt})
+    tracer = trace.get_tracer("deepretrieval")
+    out: list[Rollout] = []
+    chunk = max(1, cfg.actors.groups_per_batch)
+    for start in range(0, len(prompts), chunk):
+        batch = prompts[start:start + chunk]
+        reqs = [GenerationRequest(build_prompt_ids(tokenizer, p.messages, p.prefill), regexes[p.task]) for p in batch]
+        t0 = time.time_ns()
+        groups = engine.generate(reqs, params)
+        t1 = time.time_ns()
+        for p, r, g in zip(batch, reqs, groups):
+            out.extend(rollouts_from_group(p, r, g, version=0, sampling=params, engine_name=engine.name, tracer=tracer, start_ns=t0, end_ns=t1))
+        log.info("warm-up: sampled %d/%d prompts", min(start + chunk, len(prompts)), len(prompts))
+    return out
+
+
+def _fine_tune(model_dir: Path, kept: list, cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path) -> dict:
+    """SFT on the kept completions with the learner's Trainer; exports to `out_dir`."""
+    from deepretrieval.learner.sft import sft_samples
+    from deepretrieval.learner.trainer import Trainer
+
+    lcfg = cfg.learner.model_copy(update={"optim": cfg.learner.optim.model_copy(update={"lr": wcfg.lr}),
+                                          "loss": cfg.learner.loss.model_copy(update={"kl_coef": 0.0})})
+    trainer = Trainer.from_pretrained(model_dir, lcfg)
+    samples = sft_samples(kept)
+    rng = random.Random(wcfg.seed)
+    losses: list[float] = []
+    for _ in range(wcfg.epochs):
+        rng.shuffle(samples)
+        for start in range(0, len(samples), wcfg.batch_seqs):
+            m = trainer.sft_step(samples[start:start + wcfg.batch_seqs])
+            losses.append(m["loss"])
+            log.info("warm-up SFT step %d: nll %.4f", trainer.step, m["loss"])
+    trainer.export_safetensors(out_dir)
+    return {"sft_steps": trainer.step, "sft_loss_first": losses[0] if losses else None, "sft_loss_last": losses[-1] if losses else None}
+
+
+def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
+    """Run the warm-up for a prepared run (`launcher.prepare_run`, a Redis URL in `cfg.transport`).
+
+    Returns:
+        the report, also written to runs/<run>/warmup/warmup.json: format_ok_before,
+        format_ok_after, kept, candidates, prompts, sft_steps, seconds (and per-stage seconds).
+    """
+    from transformers import AutoTokenizer
+
+    from deepretrieval.actors.engines import make_engine
+    from deepretrieval.common.hardware import describe_cpu
+    from deepretrieval.common.model_fetch import resolve_model
+    from deepretrieval.common.prompt_book import PromptBook
+    from deepretrieval.deploy.workers import prompt_files
+    from deepretrieval.learner.sft import Candidate, select_best
+
+    wcfg = wcfg or cfg.warmup
+    t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+    model_dir = Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir))
+    out_dir = warm_policy_dir(cfg)
+    train, held = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.prompts, wcfg.heldout_prompts, wcfg.seed)
+    engine = make_engine(model_dir, cfg.actors.engine, cfg.model.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    try:
+        mark = time.perf_counter()
+        before = format_ok_share(engine, tokenizer, held, cfg)
+        stages["format_before_s"] = time.perf_counter() - mark
+        log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
+
+        mark = time.perf_counter()
+        rollouts = _constrained_rollouts(engine, tokenizer, train, cfg, wcfg)
+        stages["sample_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        originals = [original_rollout(p, tokenizer, cfg) for p in train]
+        scored = asyncio.run(score_rollouts(cfg, originals + rollouts))
+        stages["score_s"] = time.perf_counter() - mark
+        baseline = {s.rollout.prompt_uid: s.reward for s in scored[:len(originals)] if s.reward is not None}
+        candidates = [Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
+                                response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok")
+                      for s in scored[len(originals):]]
+        kept = select_best(candidates, baseline, margin=wcfg.margin)
+        log.info("warm-up: kept %d of %d prompts (%d candidates)", len(kept), len(train), len(candidates))
+
+        mark = time.perf_counter()
+        sft = _fine_tune(model_dir, kept, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
+        if not kept:
+            log.warning("warm-up: no completion beat its original request; the policy is exported unchanged")
+            import shutil
+
+            shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+        stages["sft_s"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        engine.load_weights(out_dir, 1)
+        after = format_ok_share(engine, tokenizer, held, cfg)
+        stages["format_after_s"] = time.perf_counter() - mark
+    finally:
+        engine.close()
+    constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
+    report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept), "prompts": len(train),
+              "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
+              "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
+              "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),
+              "unavailable": sum(s.status == "unavailable" for s in scored),
+              **sft, "seconds": time.perf_counter() - t0, "stages_s": stages, "policy": str(out_dir),
+              "base_model": str(model_dir), "cpu": describe_cpu(), "config": wcfg.model_dump()}
+    (out_dir.parent / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))
+    log.info("warm-up: format ok %.3f -> %.3f, %d kept, %.0f s", before, after, len(kept), report["seconds"])
+    return report
