@@ -47,12 +47,38 @@ class RewardersConfig(StrictModel):
     cache: RewardCacheConfig = Field(default_factory=RewardCacheConfig, description="Search result cache.")
 
 
+class RolePlacement(StrictModel):
+    """The Ray resources each worker process of one role reserves; they decide which node (pod) hosts it."""
+
+    num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per process; 0 (the default) lets a one-machine run start every worker whatever its core count.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per process; Ray then sets CUDA_VISIBLE_DEVICES to them. 0 leaves the node's GPUs visible (a one-GPU machine shares its GPU between actor and learner).")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per process, e.g. {rewarder: 1}; a node offers them through `ray start --resources` (KubeRay: a worker group's rayStartParams.resources), so only such nodes host the role.")
+
+    @model_validator(mode="after")
+    def _custom_names(self) -> RolePlacement:
+        for name, amount in self.resources.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory") or not name:
+                raise ValueError(f"resources: {name!r} is not a custom resource name; use num_cpus / num_gpus for CPUs and GPUs")
+            if amount <= 0:
+                raise ValueError(f"resources.{name}: must be > 0, got {amount}")
+        return self
+
+
+class PlacementConfig(StrictModel):
+    """Per-role Ray resources; the defaults (nothing reserved) suit one machine."""
+
+    actor: RolePlacement = Field(default_factory=RolePlacement, description="Each actor process (one generation engine).")
+    rewarder: RolePlacement = Field(default_factory=RolePlacement, description="Each rewarder process.")
+    learner: RolePlacement = Field(default_factory=RolePlacement, description="The learner process.")
+
+
 class RayConfig(StrictModel):
     """Where the Ray actors run."""
 
-    address: str | None = Field(None, description="Ray cluster address; None starts Ray locally for the run.")
+    address: str | None = Field(None, description="Ray cluster address ('auto' on a cluster node); None starts Ray locally for the run.")
     num_cpus: float | None = Field(None, gt=0, description="CPUs Ray may use locally; None = all.")
     object_store_mb: int = Field(512, ge=64, description="Local object store size, in MiB.")
+    placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Ray resources each role reserves (pins roles to worker groups on a cluster).")
 
 
 class TrainConfig(StrictModel):

@@ -19,7 +19,7 @@ import yaml
 from tqdm import tqdm
 
 from deepretrieval.common.redis_server import RedisServer
-from deepretrieval.common.train_config import TrainConfig
+from deepretrieval.common.train_config import RolePlacement, TrainConfig
 from deepretrieval.deploy.workers import ActorWorker, LearnerWorker, RewarderWorker
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,14 @@ class _Progress:
         self._bar.close()
 
 
+def actor_options(placement: RolePlacement) -> dict:
+    """`ray.remote` options of one worker: its role's resources, and no Ray-side restarts (the Supervisor restarts)."""
+    options: dict = {"num_cpus": placement.num_cpus, "num_gpus": placement.num_gpus, "max_restarts": 0}
+    if placement.resources:
+        options["resources"] = dict(placement.resources)
+    return options
+
+
 @dataclass
 class _Role:
     """One supervised worker: restarted (up to `restarts` times) when its process dies."""
@@ -112,6 +120,7 @@ class _Role:
     name: str
     cls: type
     index: int
+    placement: RolePlacement = field(default_factory=RolePlacement)
     handle: object = None
     ref: object = None
     restarts: int = 0
@@ -134,7 +143,7 @@ class Supervisor:
             self._start(role)
 
     def _start(self, role: _Role) -> None:
-        role.handle = self._ray.remote(num_cpus=0, max_restarts=0)(role.cls).remote(self._cfg_json, str(role.index))
+        role.handle = self._ray.remote(**actor_options(role.placement))(role.cls).remote(self._cfg_json, str(role.index))
         role.ref = role.handle.run.remote()
 
     def role_of(self, ref) -> _Role:
@@ -184,8 +193,10 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
 
             evaluate_policy(cfg, Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir)), "before")
         ray = _ray_init(cfg)
-        roles = ([_Role("learner", LearnerWorker, 0)] + [_Role("rewarder", RewarderWorker, i) for i in range(cfg.rewarders.processes)]
-                 + [_Role("actor", ActorWorker, i) for i in range(cfg.actors.processes)])
+        place = cfg.ray.placement
+        roles = ([_Role("learner", LearnerWorker, 0, place.learner)]
+                 + [_Role("rewarder", RewarderWorker, i, place.rewarder) for i in range(cfg.rewarders.processes)]
+                 + [_Role("actor", ActorWorker, i, place.actor) for i in range(cfg.actors.processes)])
         sup = Supervisor(ray, cfg.model_dump_json(), roles)
         progress = _Progress(cfg)
         try:
