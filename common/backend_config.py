@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from deepretrieval.common.config import ApiClientConfig, BM25Config, DenseConfig, StrictModel
+from deepretrieval.common.config import ApiClientConfig, BM25Config, DenseConfig, EmulatorConfig, StrictModel
 from deepretrieval.common.config_pipeline import RateLimitConfig
 from deepretrieval.common.sql_config import SqlConfig
 
@@ -35,6 +35,13 @@ class PubMedBackendSpec(StrictModel):
     type: Literal["pubmed"] = "pubmed"
     client: ApiClientConfig = Field(description="Base URL, API key source, timeout.")
     rate_limit: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig(limit_per_s=3.0), description="Cluster-wide quota: 3 req/s without an API key, 10 with one.")
+    emulator: EmulatorConfig | None = Field(None, description="Start this local emulator for the run (api must be 'pubmed'; port 0 = a free port) and point client.base_url at it; None = use client.base_url as configured.")
+
+    @model_validator(mode="after")
+    def _emulator_api(self) -> PubMedBackendSpec:
+        if self.emulator is not None and self.emulator.api != self.type:
+            raise ValueError(f"emulator.api is {self.emulator.api!r} but this backend is {self.type!r}")
+        return self
 
 
 class CtgovBackendSpec(StrictModel):
@@ -43,6 +50,13 @@ class CtgovBackendSpec(StrictModel):
     type: Literal["ctgov"] = "ctgov"
     client: ApiClientConfig = Field(description="Base URL, timeout.")
     rate_limit: RateLimitConfig = Field(default_factory=lambda: RateLimitConfig(limit_per_s=50 / 60), description="Cluster-wide quota: about 50 requests per minute per IP.")
+    emulator: EmulatorConfig | None = Field(None, description="Start this local emulator for the run (api must be 'ctgov'; port 0 = a free port) and point client.base_url at it; None = use client.base_url as configured.")
+
+    @model_validator(mode="after")
+    def _emulator_api(self) -> CtgovBackendSpec:
+        if self.emulator is not None and self.emulator.api != self.type:
+            raise ValueError(f"emulator.api is {self.emulator.api!r} but this backend is {self.type!r}")
+        return self
 
 
 class SqlBackendSpec(StrictModel):

@@ -16,6 +16,7 @@ from deepretrieval.common.engine_config import EngineConfig, VLLMEngineConfig
 from deepretrieval.common.learner_config import LearnerConfig
 from deepretrieval.common.run_config import RetryConfig, RewarderConfig, TaskRunConfig
 from deepretrieval.common.sampling import SamplingConfig
+from deepretrieval.common.warmup_config import WarmupConfig
 
 
 class RunTaskConfig(TaskRunConfig):
@@ -98,7 +99,8 @@ class TrainConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray placement.")
     trace_file: Path | None = Field(None, description="Write every process's finished spans here (JSON lines); None = runs/<run>/traces.jsonl.")
     seed: int = Field(0, description="Seed of prompt order and engines.")
-    eval_before_after: bool = Field(False, description="Evaluate the policy on each task's eval_split before and after training (eval-before.json, eval-after.json in the run folder).")
+    eval_before_after: bool = Field(False, description="Evaluate the policy on each task's eval_split before and after training (eval-before.json, eval-after.json in the run folder; eval-warmup.json after a warm-up).")
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Format warm-up (rejection-sampling fine-tuning) before RL; `deepretrieval warmup` runs it alone.")
 
     @property
     def max_in_flight_groups(self) -> int:

@@ -22,5 +22,6 @@ class WarmupConfig(StrictModel):
     epochs: int = Field(3, ge=1, le=100, description="Passes over the kept completions.")
     batch_seqs: int = Field(16, ge=1, le=4096, description="Kept completions per SFT optimizer step.")
     lr: float = Field(5.0e-5, gt=0, le=1.0, description="SFT learning rate (AdamW, after the learner's warm-up steps).")
-    max_reasoning_chars: int = Field(200, ge=0, le=100_000, description="Reasoning length the constrained sampler allows, so every completion closes well before the token limit.")
+    batch_prompts: int = Field(16, ge=1, le=4096, description="Prompts per generate call (each sampled G times).")
+    max_reasoning_chars: int = Field(120, ge=0, le=100_000, description="Reasoning length the constrained sampler allows, so every completion closes well before the token limit.")
     seed: int = Field(0, description="Seed of the prompt shuffle and the SFT batch order.")

@@ -5,22 +5,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deepretrieval.deploy.cli_args import add_common_args
+from deepretrieval.deploy.cli_args import add_common_args, add_trace_args, trace_file_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a query-writing policy with RL (actors, rewarders, learner on Ray)")
+    add_run_config_args(p)
+    p.set_defaults(func=run)
+
+
+def add_run_config_args(p: argparse.ArgumentParser) -> None:
+    """--config, --set, --mode, --run, --trace-file and the common options (read by `load_train_config`)."""
     p.add_argument("--config", type=Path, required=True, help="run config YAML (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set max_steps=50 --set learner.optim.lr=2e-5")
     p.add_argument("--mode", choices=["async", "sync"], default=None, help="override the config's mode")
     p.add_argument("--run", default=None, help="override the run name")
+    add_trace_args(p, default_help="the config's trace_file, else runs/<run>/traces.jsonl")
     add_common_args(p)
-    p.set_defaults(func=run)
 
 
 def load_train_config(args: argparse.Namespace):
-    """The validated TrainConfig from --config, --set, --mode, --run, --data-root, --home."""
+    """The validated TrainConfig from --config, --set, --mode, --run, --data-root, --home, --trace-file."""
     from deepretrieval.common.config import load_config
     from deepretrieval.common.train_config import TrainConfig
 
@@ -34,7 +40,9 @@ def load_train_config(args: argparse.Namespace):
     if getattr(args, "home", None):
         home = Path(args.home)
         overrides += [f"paths.models_dir={home / 'models'}", f"paths.index_dir={home / 'indexes'}", f"paths.runs_dir={home / 'runs'}"]
-    return load_config(TrainConfig, args.config, overrides)
+    cfg = load_config(TrainConfig, args.config, overrides)
+    trace_file = trace_file_from_args(args)
+    return cfg if trace_file is None else cfg.model_copy(update={"trace_file": trace_file})
 
 
 def run(args: argparse.Namespace) -> int:

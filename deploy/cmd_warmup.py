@@ -18,18 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args)  # a bad value fails here, before any model loads
-    from deepretrieval.deploy.launcher import prepare_run, start_private_redis
+    from deepretrieval.deploy.launcher import prepare_run
+    from deepretrieval.deploy.services import run_services
     from deepretrieval.deploy.warmup import run_warmup
 
-    server = None
-    if cfg.transport.url is None:
-        server, cfg = start_private_redis(cfg)
-    try:
+    with run_services(cfg) as cfg:
         prepare_run(cfg)
         report = run_warmup(cfg)
-    finally:
-        if server is not None:
-            server.stop()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -12,14 +12,15 @@ import json
 import logging
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from tqdm import tqdm
 
-from deepretrieval.common.redis_server import RedisServer
 from deepretrieval.common.train_config import RolePlacement, TrainConfig
+from deepretrieval.deploy.services import run_services
 from deepretrieval.deploy.workers import ActorWorker, LearnerWorker, RewarderWorker
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,24 @@ def prepare_run(cfg: TrainConfig) -> None:
 
             ensure_index(BeirDataset.open(t.backend.dataset, cfg.paths.data_root), cfg.paths.index_dir, t.backend.type,
                          dense=getattr(t.backend, "dense", None))
+
+
+def warm_start(cfg: TrainConfig) -> TrainConfig:
+    """Run the format warm-up unless the run has its warm policy already; RL then starts from it.
+
+    A resumed run (its learner checkpoints exist) reuses the warm policy and never re-runs it.
+    """
+    from deepretrieval.deploy.warmup import run_warmup, warm_policy_dir, warm_policy_ready
+
+    if not warm_policy_ready(cfg):
+        run_warmup(cfg)
+        if cfg.eval_before_after:
+            from deepretrieval.deploy.run_eval import evaluate_policy
+
+            evaluate_policy(cfg, warm_policy_dir(cfg), "warmup")
+    else:
+        log.info("warm-up: reusing %s", warm_policy_dir(cfg))
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name_or_path": str(warm_policy_dir(cfg))})})
 
 
 def _ray_init(cfg: TrainConfig):
@@ -178,10 +197,8 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         on_end: called with the Redis URL after the workers stopped, before a private Redis stops.
     """
     t0 = time.monotonic()
-    redis_server = None
-    if cfg.transport.url is None:
-        redis_server = RedisServer(cfg.run_dir / "redis").start()
-        cfg = cfg.model_copy(update={"transport": cfg.transport.model_copy(update={"url": redis_server.url})})
+    services = ExitStack()
+    cfg = services.enter_context(run_services(cfg))
     if cfg.trace_file is None:
         cfg = cfg.model_copy(update={"trace_file": cfg.run_dir / "traces.jsonl"})
     interrupted = False
@@ -192,6 +209,8 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
             from deepretrieval.deploy.run_eval import evaluate_policy
 
             evaluate_policy(cfg, Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir)), "before")
+        if cfg.warmup.enabled:
+            cfg = warm_start(cfg)
         ray = _ray_init(cfg)
         place = cfg.ray.placement
         roles = ([_Role("learner", LearnerWorker, 0, place.learner)]
@@ -223,8 +242,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         if on_end is not None:
             on_end(cfg.transport.url)
     finally:
-        if redis_server is not None:
-            redis_server.stop()
+        services.close()
     by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
     result = RunResult(cfg.run_dir, time.monotonic() - t0, by("learner")[0], by("actor"), by("rewarder"), interrupted,
                        {f"{r.name}-{r.index}": r.restarts for r in sup.roles})

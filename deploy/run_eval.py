@@ -1,7 +1,9 @@
 """Held-out evaluation of a run's policy: original requests vs the policy's rewrites, per task.
 
 Used by `train` before and after training (`eval_before_after`). BEIR retrieval tasks (bm25 and
-dense backends) are scored with trec_eval metrics; other tasks are skipped with a note.
+dense backends) are scored with trec_eval metrics; search-API tasks (pubmed, ctgov: the real
+service or a managed emulator) by mean recall@k through the run's rewarder, a format failure
+counting as recall 0 (TASKS.md §5); sql is skipped with a note.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
     for t in cfg.tasks:
         if t.eval_split is None:
             continue
+        if t.backend.type in ("pubmed", "ctgov"):
+            out[t.task] = evaluate_api_task(cfg, t, model_dir)
+            log.info("%s eval (%s): recall@%d original %.4f, rewritten %.4f", label, t.task, out[t.task]["k"],
+                     out[t.task]["metrics"]["original"]["recall"], out[t.task]["metrics"]["rewritten"]["recall"])
+            continue
         if t.backend.type not in ("bm25", "dense"):
-            out[t.task] = {"skipped": f"held-out eval during train covers BEIR retrieval tasks; use `deepretrieval eval` for {t.backend.type}"}
+            out[t.task] = {"skipped": f"held-out eval during train covers retrieval tasks; use `deepretrieval eval` for {t.backend.type}"}
             continue
         ds = BeirDataset.open(t.dataset, cfg.paths.data_root)
         queries, qrels = ds.split_queries(t.eval_split)
@@ -49,3 +56,45 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
                  means["original"]["ndcg@10"], means["rewritten"]["ndcg@10"], 100 * stats["format_broken_share"])
     (cfg.run_dir / f"eval-{label}.json").write_text(json.dumps(out, indent=2))
     return out
+
+
+def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path) -> dict:
+    """Mean recall@k of a search-API task's held-out requests: sent as is vs rewritten by the policy (greedy).
+
+    Both are scored by the run's rewarder (same client, limiter, retries, cache) from the prepared
+    eval-split prompts; a rewrite that breaks the format counts as recall 0, and a request the
+    service could not answer is left out of both means (counted in "unavailable").
+    """
+    import asyncio
+
+    from transformers import AutoTokenizer
+
+    from deepretrieval.actors.engines import make_engine
+    from deepretrieval.common.prompt_book import PromptBook
+    from deepretrieval.common.sampling import SamplingConfig
+    from deepretrieval.deploy.rollout_scoring import original_rollout, sample_rollouts, score_rollouts, task_specs
+
+    spec = task_specs(cfg)[t.task]
+    prompts = sorted(PromptBook.from_files([cfg.run_dir / "prompts" / t.task / f"{t.eval_split}.jsonl"]), key=lambda p: p.uid)
+    prompts = prompts[: t.eval_max_queries] if t.eval_max_queries else prompts
+    engine = make_engine(model_dir, cfg.actors.engine, cfg.model.dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        params = SamplingConfig(n=1, temperature=spec.eval_temperature, max_new_tokens=cfg.sampling.max_new_tokens, stop=spec.answer.stop)
+        rewritten = sample_rollouts(engine, tokenizer, prompts, params)
+    finally:
+        engine.close()
+    originals = [original_rollout(p, tokenizer, cfg) for p in prompts]
+    scored = asyncio.run(score_rollouts(cfg, originals + rewritten, "eval_split"))
+    pairs = list(zip(scored[:len(prompts)], scored[len(prompts):]))
+    answered = [(o, r) for o, r in pairs if o.status != "unavailable" and r.status != "unavailable"]
+
+    def recall(s) -> float:
+        return float(s.components.get("metric", 0.0)) if s.status == "ok" else 0.0
+
+    n = max(1, len(answered))
+    return {"metrics": {"original": {"recall": sum(recall(o) for o, _ in answered) / n},
+                        "rewritten": {"recall": sum(recall(r) for _, r in answered) / n}},
+            "k": t.k or spec.k_train, "queries": len(prompts), "unavailable": len(pairs) - len(answered),
+            "format_broken_share": sum(r.status == "invalid" for _, r in pairs) / max(1, len(pairs)),
+            "split": t.eval_split, "policy": str(model_dir)}

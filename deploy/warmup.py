@@ -27,10 +27,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from deepretrieval.common.answer_format import parse_answer, render_answer
+from deepretrieval.common.answer_format import parse_answer
 from deepretrieval.common.train_config import TrainConfig
 from deepretrieval.common.warmup_config import WarmupConfig
-from deepretrieval.common.wire import Prompt, Rollout, SamplingParams, Scored
+from deepretrieval.common.wire import Prompt, Rollout
+from deepretrieval.deploy.rollout_scoring import original_rollout, sample_rollouts, score_rollouts, task_specs
 
 log = logging.getLogger(__name__)
 
@@ -56,79 +57,20 @@ def split_prompts(prompts: Sequence[Prompt], n_train: int, n_heldout: int, seed:
     return order[n_heldout:n_heldout + n_train], held
 
 
-def _task_specs(cfg: TrainConfig) -> dict:
-    from deepretrieval.common.tasks import get_task
-
-    return {t.task: get_task(t.task, t.overrides) for t in cfg.tasks}
-
-
 def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig) -> float:
     """Share of held-out prompts whose free-sampled completion (task temperature, no grammar) parses."""
-    from deepretrieval.actors.base import GenerationRequest
-    from deepretrieval.common.chat import build_prompt_ids
-
-    specs = _task_specs(cfg)
-    params = cfg.sampling.model_copy(update={"n": 1})
-    reqs = [GenerationRequest(build_prompt_ids(tokenizer, p.messages, p.prefill)) for p in prompts]
-    groups = engine.generate(reqs, params)
-    ok = sum(parse_answer(g[0].text, specs[p.task].answer).ok for p, g in zip(prompts, groups))
+    specs = task_specs(cfg)
+    rollouts = sample_rollouts(engine, tokenizer, prompts, cfg.sampling.model_copy(update={"n": 1}), batch_prompts=cfg.warmup.batch_prompts)
+    ok = sum(parse_answer(r.completion, specs[p.task].answer).ok for p, r in zip(prompts, rollouts))
     return ok / max(1, len(prompts))
 
 
-def original_rollout(prompt: Prompt, tokenizer, cfg: TrainConfig) -> Rollout:
-    """The request sent as is, wrapped in the canonical answer, as a rollout the rewarder scores."""
-    spec = _task_specs(cfg)[prompt.task]
-    text = render_answer(spec.answer, prompt.request)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return Rollout(uid=f"original-{prompt.uid}", group_id=f"original-{prompt.uid}", prompt_uid=prompt.uid, policy_version=0,
-                   prompt_token_ids=[0], response_token_ids=ids, logprobs=[0.0] * len(ids),
-                   sampling=SamplingParams(0.0, 1.0, cfg.sampling.max_new_tokens, False), finish_reason="stop",
-                   completion=text, engine="original", created_at=time.time())
-
-
-async def score_rollouts(cfg: TrainConfig, rollouts: Sequence[Rollout]) -> list[Scored]:
-    """Score rollouts with the run's rewarder in this process (needs `cfg.transport.url` for its cache)."""
-    from deepretrieval.common.telemetry import get_tracer
-    from deepretrieval.deploy.workers import rewarder_service_config
-    from deepretrieval.rewarders.service import RewarderService
-
-    service = RewarderService(rewarder_service_config(cfg, "warmup"), get_tracer())
-    try:
-        rewarder = await service.rewarder()
-        gate = asyncio.Semaphore(cfg.rewarders.rewarder.concurrency)
-
-        async def one(r: Rollout) -> Scored:
-            async with gate:
-                return await rewarder.score(r)
-
-        return await asyncio.gather(*(one(r) for r in rollouts))
-    finally:
-        await service.close()
-
-
 def _constrained_rollouts(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, wcfg: WarmupConfig) -> list[Rollout]:
-    from opentelemetry import trace
-
-    from deepretrieval.actors.actor import rollouts_from_group
-    from deepretrieval.actors.base import GenerationRequest
     from deepretrieval.common.answer_grammar import answer_regex
-    from deepretrieval.common.chat import build_prompt_ids
 
-    regexes = {name: answer_regex(spec.answer, max_reasoning_chars=wcfg.max_reasoning_chars) for name, spec in _task_specs(cfg).items()}
+    regexes = {name: answer_regex(spec.answer, max_reasoning_chars=wcfg.max_reasoning_chars) for name, spec in task_specs(cfg).items()}
     params = cfg.sampling.model_copy(update={"n": wcfg.samples_per_prompt})
-    tracer = trace.get_tracer("deepretrieval")
-    out: list[Rollout] = []
-    chunk = max(1, cfg.actors.groups_per_batch)
-    for start in range(0, len(prompts), chunk):
-        batch = prompts[start:start + chunk]
-        reqs = [GenerationRequest(build_prompt_ids(tokenizer, p.messages, p.prefill), regexes[p.task]) for p in batch]
-        t0 = time.time_ns()
-        groups = engine.generate(reqs, params)
-        t1 = time.time_ns()
-        for p, r, g in zip(batch, reqs, groups):
-            out.extend(rollouts_from_group(p, r, g, version=0, sampling=params, engine_name=engine.name, tracer=tracer, start_ns=t0, end_ns=t1))
-        log.info("warm-up: sampled %d/%d prompts", min(start + chunk, len(prompts)), len(prompts))
-    return out
+    return sample_rollouts(engine, tokenizer, prompts, params, regexes=regexes, batch_prompts=wcfg.batch_prompts)
 
 
 def _fine_tune(model_dir: Path, kept: list, cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path) -> dict:

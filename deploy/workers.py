@@ -28,12 +28,12 @@ def prompt_files(cfg: TrainConfig, split_of: str = "train_split") -> list[Path]:
     return [cfg.run_dir / "prompts" / t.task / f"{getattr(t, split_of)}.jsonl" for t in cfg.tasks]
 
 
-def rewarder_service_config(cfg: TrainConfig, consumer: str):
-    """The config of a rewarder process (or in-process rewarder) of this run."""
+def rewarder_service_config(cfg: TrainConfig, consumer: str, split_of: str = "train_split"):
+    """The config of a rewarder process (or in-process rewarder) of this run, scoring prompts of `split_of`."""
     from deepretrieval.rewarders.service import RewarderServiceConfig
 
     tasks = [t.model_dump(include={"task", "overrides", "backend", "k"}) for t in cfg.tasks]
-    return RewarderServiceConfig(run=cfg.run, prompt_files=prompt_files(cfg), tasks=tasks, transport=cfg.transport,
+    return RewarderServiceConfig(run=cfg.run, prompt_files=prompt_files(cfg, split_of), tasks=tasks, transport=cfg.transport,
                                  cache=cfg.rewarders.cache, retry=cfg.rewarders.retry, rewarder=cfg.rewarders.rewarder,
                                  paths=cfg.paths, trace_file=cfg.trace_file, consumer=consumer)
 
