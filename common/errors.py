@@ -29,7 +29,15 @@ class IndexMissingError(DeepRetrievalError):
 
 
 class BackendUnavailable(DeepRetrievalError):
-    """A search backend could not answer (after retries): the reward is `unavailable`."""
+    """A search backend could not answer (after retries): the reward is `unavailable`.
+
+    Args:
+        http_status: the HTTP status of the answer that failed, when there was one (for spans).
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class RateLimited(BackendUnavailable):
@@ -39,13 +47,21 @@ class RateLimited(BackendUnavailable):
         retry_after_s: seconds the server asked us to wait, when it said so.
     """
 
-    def __init__(self, message: str, retry_after_s: float | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, retry_after_s: float | None = None, *, http_status: int | None = None):
+        super().__init__(message, http_status=http_status)
         self.retry_after_s = retry_after_s
 
 
 class QuerySyntaxError(DeepRetrievalError):
-    """A search query could not be parsed by the engine's query language."""
+    """A search query could not be parsed by the engine's query language.
+
+    Args:
+        http_status: the HTTP status of the refusal, for HTTP engines (for spans).
+    """
+
+    def __init__(self, message: str, *, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
 
 
 class ModelError(DeepRetrievalError):
@@ -54,3 +70,7 @@ class ModelError(DeepRetrievalError):
 
 class EngineError(DeepRetrievalError):
     """A generation engine could not start, generate, or load a weights folder."""
+
+
+class TraceFileError(DeepRetrievalError):
+    """A trace file (JSON lines of spans) is missing, empty, or holds no valid span."""

@@ -65,7 +65,8 @@ class JsonLinesSpanExporter(SpanExporter):
         return None
 
 
-def _otlp_requested() -> bool:
+def otlp_requested() -> bool:
+    """Whether the standard OTEL_* environment asks for an OTLP exporter (endpoint or exporter list)."""
     exporters = os.environ.get("OTEL_TRACES_EXPORTER", "")
     return "otlp" in exporters.split(",") or bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
@@ -82,7 +83,7 @@ def setup_tracing(service_name: str, trace_file: Path | None = None, exporters: 
     provider = TracerProvider(resource=resource)
     if trace_file is not None:
         provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(trace_file), schedule_delay_millis=500))
-    if _otlp_requested():
+    if otlp_requested():
         protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
         if protocol.startswith("http"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deepretrieval.deploy.cmd_train",
     "deepretrieval.deploy.cmd_bench",
     "deepretrieval.deploy.cmd_plot",
+    "deepretrieval.deploy.cmd_trace",
 )
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from deepretrieval.common.config import EmulatorConfig, validate_config
-from deepretrieval.deploy.cli_args import add_common_args, paths_from_args
+from deepretrieval.deploy.cli_args import add_common_args, add_trace_args, command_tracing, paths_from_args
 
 READY_PREFIX = "serving at "
 """Start of the line printed once listening; `emulators/process.py` reads the URL after it."""
@@ -71,6 +71,7 @@ def _add_emulator_args(p: argparse.ArgumentParser) -> None:
     f.add_argument("--fault-seed", type=int, default=0, help="seed of the fault generator (default 0)")
     p.add_argument("--search-threads", type=int, default=4, help="threads running Lucene searches (default 4)")
     p.add_argument("--index-dir", type=Path, default=None, help="folder of the Lucene indexes (default: <home>/indexes)")
+    add_trace_args(p, default_help="no file; one SERVER span per request, continuing the client's traceparent")
     add_common_args(p)
 
 
@@ -117,6 +118,7 @@ def run_emulate(args: argparse.Namespace) -> int:
     paths = paths_from_args(args)
     if args.index_dir is not None:
         paths.index_dir = args.index_dir
-    serve(cfg, paths, on_ready)
+    with command_tracing(args, f"deepretrieval-emulator-{cfg.api}") as tracer:
+        serve(cfg, paths, on_ready, tracer=tracer)
     print(f"{cfg.api} emulator stopped", file=sys.stderr)
     return 0

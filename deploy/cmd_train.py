@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deepretrieval.deploy.cli_args import add_common_args, add_trace_args, trace_file_from_args
+from deepretrieval.deploy.cli_args import add_common_args, add_trace_args, apply_trace_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +40,7 @@ def load_train_config(args: argparse.Namespace):
     if getattr(args, "home", None):
         home = Path(args.home)
         overrides += [f"paths.models_dir={home / 'models'}", f"paths.index_dir={home / 'indexes'}", f"paths.runs_dir={home / 'runs'}"]
-    cfg = load_config(TrainConfig, args.config, overrides)
-    trace_file = trace_file_from_args(args)
-    return cfg if trace_file is None else cfg.model_copy(update={"trace_file": trace_file})
+    return apply_trace_file(load_config(TrainConfig, args.config, overrides), args)
 
 
 def run(args: argparse.Namespace) -> int:

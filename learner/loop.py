@@ -19,6 +19,7 @@ from statistics import fmean
 from opentelemetry import trace
 from opentelemetry.trace import Link
 
+from deepretrieval.common import trace_names as names
 from deepretrieval.common.base import Transport
 from deepretrieval.common.coordination import Coordinator
 from deepretrieval.common.learner_config import LearnerConfig
@@ -118,16 +119,16 @@ class Learner:
         prune_checkpoints(self._ckpt_root, self.cfg.keep_checkpoints)
         return path
 
-    def _train_span(self, batch: Batch, metrics: dict[str, float]) -> None:
+    def _train_span(self, batch: Batch, metrics: dict[str, float], start_ns: int) -> None:
         links = []
         for s in batch.scored:
             if s.rollout.traceparent:
                 ctx = trace.get_current_span(extract_context(s.rollout.traceparent)).get_span_context()
                 if ctx.is_valid:
-                    links.append(Link(ctx, {"rl.uid": s.rollout.uid}))
-        with self._tracer.start_as_current_span("rl.train", links=links) as span:
-            span.set_attributes({"rl.step": self.trainer.step, "rl.policy_version": self.trainer.policy_version,
-                                 "rl.samples": len(batch.scored), "train.loss": metrics.get("loss", float("nan"))})
+                    links.append(Link(ctx, {names.UID: s.rollout.uid}))
+        with self._tracer.start_as_current_span(names.TRAIN, links=links, start_time=start_ns) as span:
+            span.set_attributes({names.TRAIN_STEP: self.trainer.step, names.POLICY_VERSION: self.trainer.policy_version,
+                                 names.TRAIN_SAMPLES: len(batch.scored), names.TRAIN_LOSS: metrics.get("loss", float("nan"))})
 
     async def step(self, stop: asyncio.Event | None = None) -> dict[str, float] | None:
         """One optimizer step on the next batch, then publish the new version; None if stopped."""
@@ -136,7 +137,7 @@ class Learner:
         waited = time.perf_counter() - t_wait
         if batch is None:
             return None
-        t0 = time.perf_counter()
+        t0, start_ns = time.perf_counter(), time.time_ns()
         samples, gstats = build_samples(batch.scored, self.cfg.loss, dynamic_sampling=self.cfg.dynamic_sampling)
         version_before = self.trainer.policy_version
         loop = asyncio.get_running_loop()
@@ -158,7 +159,7 @@ class Learner:
                   "groups_uniform": float(gstats.groups_uniform), "samples_trained": float(gstats.samples_out),
                   **_batch_metrics(batch, version_before), **{k: float(v) for k, v in metrics.items()},
                   "step": float(self.steps)}
-        self._train_span(batch, record)
+        self._train_span(batch, record, start_ns)
         if self.cfg.checkpoint_every and self.steps % self.cfg.checkpoint_every == 0:
             await self.commit()
         self._metrics_file.parent.mkdir(parents=True, exist_ok=True)

@@ -100,17 +100,18 @@ class CtgovClient:
             if status == 400:
                 text = answer.body.decode("utf-8", errors="replace")
                 if text.startswith("Error parsing query"):
-                    raise QuerySyntaxError(f"ctgov could not parse the query: {text[:300]}")
-                raise BackendUnavailable(f"ctgov: HTTP 400 from {url}: {snippet(answer.body, None)}")
+                    raise QuerySyntaxError(f"ctgov could not parse the query: {text[:300]}", http_status=status)
+                raise BackendUnavailable(f"ctgov: HTTP 400 from {url}: {snippet(answer.body, None)}", http_status=status)
             if status != 200:
-                raise BackendUnavailable(f"ctgov: HTTP {status} from {url}: {snippet(answer.body, None)}")
+                raise BackendUnavailable(f"ctgov: HTTP {status} from {url}: {snippet(answer.body, None)}", http_status=status)
             data = decode_json(answer, api="ctgov", url=url, secret=None)
             try:
                 ids.extend(str(s["protocolSection"]["identificationModule"]["nctId"]) for s in data["studies"])
                 if total is None and "totalCount" in data:
                     total = int(data["totalCount"])
             except (KeyError, TypeError, ValueError) as e:
-                raise BackendUnavailable(f"ctgov: page {page} from {url} is not a studies page ({type(e).__name__}: {e})") from e
+                raise BackendUnavailable(f"ctgov: page {page} from {url} is not a studies page ({type(e).__name__}: {e})",
+                                         http_status=status) from e
             token = data.get("nextPageToken")
             if len(ids) >= k or not token:
                 return SearchResult(ids=ids[:k], total=total, http_status=status, meta={"pages": page})

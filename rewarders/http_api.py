@@ -19,6 +19,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from deepretrieval.common.errors import BackendUnavailable, RateLimited
+from deepretrieval.common.telemetry import inject_context
 
 INDEX_VERSION_HEADER = "X-Index-Version"
 _SNIPPET_CHARS = 120
@@ -70,6 +71,9 @@ async def send(session: aiohttp.ClientSession, method: str, url: str, *, api: st
                params: Mapping[str, str] | None = None, data: Mapping[str, str] | None = None, secret: str | None = None) -> HttpAnswer:
     """Send one request and read the whole answer within `timeout_s`.
 
+    The current span's W3C `traceparent` goes along (when there is one), so a server that traces,
+    like our emulators, continues the sample's trace.
+
     Args:
         session: the process's shared session.
         method: GET or POST.
@@ -88,7 +92,8 @@ async def send(session: aiohttp.ClientSession, method: str, url: str, *, api: st
     """
     where = redact(url, secret)
     try:
-        async with session.request(method, url, params=params, data=data, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+        async with session.request(method, url, params=params, data=data, headers=inject_context() or None,
+                                   timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
             body = await resp.read()
             return HttpAnswer(resp.status, resp.headers, body)
     except asyncio.TimeoutError as e:
@@ -110,9 +115,10 @@ def raise_for_transport_status(answer: HttpAnswer, *, api: str, url: str, secret
     """
     if answer.status == 429:
         retry = parse_retry_after(answer.headers.get("Retry-After"))
-        raise RateLimited(f"{api}: HTTP 429 from {redact(url, secret)}: {snippet(answer.body, secret)}", retry_after_s=retry)
+        raise RateLimited(f"{api}: HTTP 429 from {redact(url, secret)}: {snippet(answer.body, secret)}", retry_after_s=retry, http_status=429)
     if answer.status >= 500:
-        raise BackendUnavailable(f"{api}: HTTP {answer.status} from {redact(url, secret)}: {snippet(answer.body, secret)}")
+        raise BackendUnavailable(f"{api}: HTTP {answer.status} from {redact(url, secret)}: {snippet(answer.body, secret)}",
+                                 http_status=answer.status)
 
 
 def decode_json(answer: HttpAnswer, *, api: str, url: str, secret: str | None) -> dict[str, Any]:
@@ -124,9 +130,11 @@ def decode_json(answer: HttpAnswer, *, api: str, url: str, secret: str | None) -
     try:
         data = json.loads(answer.body)
     except (UnicodeDecodeError, ValueError) as e:
-        raise BackendUnavailable(f"{api}: unparseable answer from {redact(url, secret)} (HTTP {answer.status}, {len(answer.body)} bytes): {snippet(answer.body, secret)!r}") from e
+        raise BackendUnavailable(f"{api}: unparseable answer from {redact(url, secret)} (HTTP {answer.status}, {len(answer.body)} bytes): {snippet(answer.body, secret)!r}",
+                                 http_status=answer.status) from e
     if not isinstance(data, dict):
-        raise BackendUnavailable(f"{api}: answer from {redact(url, secret)} is JSON but not an object: {snippet(answer.body, secret)!r}")
+        raise BackendUnavailable(f"{api}: answer from {redact(url, secret)} is JSON but not an object: {snippet(answer.body, secret)!r}",
+                                 http_status=answer.status)
     return data
 
 

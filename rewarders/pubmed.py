@@ -105,7 +105,7 @@ class PubMedClient:
         self._version.note(answer)
         raise_for_transport_status(answer, api="pubmed", url=url, secret=self._key)
         if answer.status != 200:
-            raise BackendUnavailable(f"pubmed: HTTP {answer.status} from {url}; check base_url ({self._base})")
+            raise BackendUnavailable(f"pubmed: HTTP {answer.status} from {url}; check base_url ({self._base})", http_status=answer.status)
         data = decode_json(answer, api="pubmed", url=url, secret=self._key)
         return self._result(data, answer.status, url)
 
@@ -113,21 +113,22 @@ class PubMedClient:
         if "esearchresult" not in data:
             message = redact(str(data.get("error") or data)[:200], self._key)
             if "rate limit" in message.lower():
-                raise RateLimited(f"pubmed: {message}")
-            raise BackendUnavailable(f"pubmed: answer from {url} has no esearchresult: {message}")
+                raise RateLimited(f"pubmed: {message}", http_status=status)
+            raise BackendUnavailable(f"pubmed: answer from {url} has no esearchresult: {message}", http_status=status)
         res = data["esearchresult"]
         if not isinstance(res, dict):
-            raise BackendUnavailable(f"pubmed: esearchresult from {url} is not an object")
+            raise BackendUnavailable(f"pubmed: esearchresult from {url} is not an object", http_status=status)
         if "ERROR" in res:
             error = redact(str(res["ERROR"]), self._key)
             if any(marker in error.lower() for marker in _QUERY_ERRORS):
-                raise QuerySyntaxError(f"pubmed refused the term: {error}")
-            raise BackendUnavailable(f"pubmed: service error from {url}: {error}")
+                raise QuerySyntaxError(f"pubmed refused the term: {error}", http_status=status)
+            raise BackendUnavailable(f"pubmed: service error from {url}: {error}", http_status=status)
         try:
             ids = [str(i) for i in res["idlist"]]
             total = int(res["count"])
         except (KeyError, TypeError, ValueError) as e:
-            raise BackendUnavailable(f"pubmed: esearchresult from {url} lacks a valid idlist/count ({type(e).__name__}: {e})") from e
+            raise BackendUnavailable(f"pubmed: esearchresult from {url} lacks a valid idlist/count ({type(e).__name__}: {e})",
+                                     http_status=status) from e
         meta: dict[str, object] = {"querytranslation": res.get("querytranslation", "")}
         for section in ("errorlist", "warninglist"):
             if res.get(section):

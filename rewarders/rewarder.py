@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry import baggage, context as otel_context, trace
 from opentelemetry.trace import Status, StatusCode
+from deepretrieval.common import trace_names as names
 from deepretrieval.common.base import Transport
 from deepretrieval.common.errors import DeepRetrievalError
 from deepretrieval.common.prompt_book import PromptBook
@@ -91,19 +92,19 @@ class Rewarder:
     async def score(self, rollout: Rollout) -> Scored:
         """Score one rollout; never raises for the policy's or the engine's faults."""
         parent = extract_context(rollout.traceparent or None, rollout.tracestate or None)
-        ctx = baggage.set_baggage("rl.uid", rollout.uid, context=parent)
-        ctx = baggage.set_baggage("rl.policy_version", rollout.policy_version, context=ctx)
+        ctx = baggage.set_baggage(names.UID, rollout.uid, context=parent)
+        ctx = baggage.set_baggage(names.POLICY_VERSION, rollout.policy_version, context=ctx)
         token = otel_context.attach(ctx)
         queue_wait = max(0.0, time.time() - rollout.created_at)
         try:
-            with self._tracer.start_as_current_span("rl.reward") as span:
-                span.set_attributes({"rl.uid": rollout.uid, "rl.policy_version": rollout.policy_version,
-                                     "rl.group_id": rollout.group_id, "queue.wait_s": round(queue_wait, 6)})
+            with self._tracer.start_as_current_span(names.REWARD_SPAN) as span:
+                span.set_attributes({names.UID: rollout.uid, names.POLICY_VERSION: rollout.policy_version,
+                                     names.GROUP_ID: rollout.group_id, names.QUEUE_WAIT_S: round(queue_wait, 6)})
                 scored = await self._score(rollout)
-                span.set_attributes({"rl.status": scored.status, "rl.cache_hit": scored.cache_hit,
-                                     "search.retries": scored.retries, "rl.task_backend": scored.backend})
+                span.set_attributes({names.REWARD_STATUS: scored.status, names.CACHE_HIT: scored.cache_hit,
+                                     names.SEARCH_RETRIES: scored.retries, names.TASK_BACKEND: scored.backend})
                 if scored.reward is not None:
-                    span.set_attribute("rl.reward", scored.reward)
+                    span.set_attribute(names.REWARD, scored.reward)
                 if scored.status == "unavailable":
                     span.set_status(Status(StatusCode.ERROR, (scored.error or "")[:200]))
         finally:

@@ -3,6 +3,8 @@
 Order per request: injected latency, then the per-key rate limit (a real service refuses at its
 edge before any work), then the injected fault (429 burst, 5xx, hang, bad body), then the API
 handler. Every answer carries `X-Index-Version` so clients can key caches by the index served.
+With a tracer, each request is one SERVER span (`<METHOD> <path>`) continuing the client's
+`traceparent`, so an emulated API call shows up under the sample's `rl.search.<backend>` span.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from opentelemetry import trace
 
+from deepretrieval.common import trace_names as names
+from deepretrieval.common.telemetry import extract_context
 from deepretrieval.rewarders.emulators.faults import FaultInjector, FaultKind, FaultPlan, mangle_body
 from deepretrieval.rewarders.emulators.server_rate_limit import RateDecision, SlidingWindowLimiter
 
@@ -82,7 +87,7 @@ class RateLimits:
 
 
 def make_pipeline(hooks: ApiHooks, limits: RateLimits, injector: FaultInjector, *, index_version: str, hang_s: float, retry_after_s: int,
-                  stats: ServerStats | None = None) -> Callable[..., Awaitable[web.StreamResponse]]:
+                  stats: ServerStats | None = None, tracer: trace.Tracer | None = None) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Build the aiohttp middleware of one emulator.
 
     Args:
@@ -93,6 +98,7 @@ def make_pipeline(hooks: ApiHooks, limits: RateLimits, injector: FaultInjector, 
         hang_s: how long an injected hang waits before answering.
         retry_after_s: Retry-After of injected 429 answers.
         stats: counts every API answer by status (the stats route itself is not counted).
+        tracer: when given, one SERVER span per API request (None: no spans, no overhead).
 
     Returns:
         The middleware.
@@ -102,8 +108,20 @@ def make_pipeline(hooks: ApiHooks, limits: RateLimits, injector: FaultInjector, 
     async def pipeline(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == STATS_PATH:
             return await handler(request)
+        if tracer is None:
+            return await _serve(request, handler)
+        parent = extract_context(request.headers.get("traceparent"), request.headers.get("tracestate"))
+        with tracer.start_as_current_span(f"{request.method} {request.path}", context=parent, kind=trace.SpanKind.SERVER,
+                                          attributes={names.HTTP_METHOD: request.method, names.URL_PATH: request.path}) as span:
+            response = await _serve(request, handler, span)
+            span.set_attribute(names.HTTP_STATUS, response.status)
+            return response
+
+    async def _serve(request: web.Request, handler: Handler, span: trace.Span | None = None) -> web.StreamResponse:
         t0 = time.perf_counter()
         plan = injector.plan() if injector.active else _NO_FAULT
+        if span is not None:
+            span.set_attribute(names.EMULATOR_FAULT, plan.kind.value)
         if plan.latency_s > 0:
             await asyncio.sleep(plan.latency_s)
         response = await _answer(request, handler, plan)

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
+from opentelemetry import trace
 
 from deepretrieval.common.config import EmulatorConfig, PathsConfig
 from deepretrieval.common.datasets import BeirDataset
@@ -80,11 +81,13 @@ class EmulatorServer:
     Args:
         cfg: which API, where to listen, quota and faults.
         opened: the data set and its engine (not closed by `stop`: the caller owns it).
+        tracer: one SERVER span per request when given (`--trace-file`, OTEL_* exporters).
     """
 
-    def __init__(self, cfg: EmulatorConfig, opened: OpenedIndex):
+    def __init__(self, cfg: EmulatorConfig, opened: OpenedIndex, tracer: trace.Tracer | None = None):
         self.cfg = cfg
         self.opened = opened
+        self._tracer = tracer
         self._runner: web.AppRunner | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.port: int | None = None
@@ -109,7 +112,8 @@ class EmulatorServer:
             handlers = ctgov.CtgovHandlers(engine, executor, self.opened.dataset)
             hooks = ApiHooks(ctgov.rate_key, ctgov.too_many_requests, ctgov.server_error, rate_headers=False)
         pipeline = make_pipeline(hooks, rate_limits(cfg), FaultInjector(cfg.faults), index_version=engine.index.version,
-                                 hang_s=cfg.faults.hang_s, retry_after_s=cfg.faults.retry_after_s, stats=self.stats)
+                                 hang_s=cfg.faults.hang_s, retry_after_s=cfg.faults.retry_after_s, stats=self.stats,
+                                 tracer=self._tracer)
         app = web.Application(middlewares=[pipeline])
         app.add_routes(handlers.routes())
 
@@ -144,13 +148,15 @@ class EmulatorServer:
 
 
 @asynccontextmanager
-async def run_emulator(cfg: EmulatorConfig, paths: PathsConfig, *, opened: OpenedIndex | None = None) -> AsyncIterator[EmulatorServer]:
+async def run_emulator(cfg: EmulatorConfig, paths: PathsConfig, *, opened: OpenedIndex | None = None,
+                       tracer: trace.Tracer | None = None) -> AsyncIterator[EmulatorServer]:
     """Serve `cfg` in this event loop for the duration of the block.
 
     Args:
         cfg: the emulator settings (`port=0` picks a free port).
         paths: where the data set and indexes are.
         opened: an already opened index to share; None opens (and closes) one here.
+        tracer: one SERVER span per request when given.
 
     Yields:
         The started server; `server.base_url` is the client's base URL.
@@ -158,7 +164,7 @@ async def run_emulator(cfg: EmulatorConfig, paths: PathsConfig, *, opened: Opene
     own = opened is None
     if opened is None:
         opened = await asyncio.get_running_loop().run_in_executor(None, open_index, cfg, paths)
-    server = EmulatorServer(cfg, opened)
+    server = EmulatorServer(cfg, opened, tracer)
     await server.start()
     try:
         yield server
@@ -174,10 +180,11 @@ class BackgroundEmulator:
     Args:
         cfg: the emulator settings.
         opened: the opened index (shared, not closed here).
+        tracer: one SERVER span per request when given.
     """
 
-    def __init__(self, cfg: EmulatorConfig, opened: OpenedIndex):
-        self.server = EmulatorServer(cfg, opened)
+    def __init__(self, cfg: EmulatorConfig, opened: OpenedIndex, tracer: trace.Tracer | None = None):
+        self.server = EmulatorServer(cfg, opened, tracer)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"emulator-{cfg.api}", daemon=True)
 
@@ -207,13 +214,15 @@ class BackgroundEmulator:
         self._loop.close()
 
 
-def serve(cfg: EmulatorConfig, paths: PathsConfig, on_ready: Callable[[EmulatorServer], None]) -> None:
+def serve(cfg: EmulatorConfig, paths: PathsConfig, on_ready: Callable[[EmulatorServer], None],
+          tracer: trace.Tracer | None = None) -> None:
     """Blocking main of `deepretrieval emulate`: serve until SIGINT or SIGTERM.
 
     Args:
         cfg: the emulator settings.
         paths: data root and index folder.
         on_ready: called once the server listens (the CLI prints the base URL).
+        tracer: one SERVER span per request when given.
     """
 
     async def main() -> None:
@@ -225,7 +234,7 @@ def serve(cfg: EmulatorConfig, paths: PathsConfig, on_ready: Callable[[EmulatorS
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            async with run_emulator(cfg, paths, opened=opened) as server:
+            async with run_emulator(cfg, paths, opened=opened, tracer=tracer) as server:
                 on_ready(server)
                 await stop.wait()
         finally:

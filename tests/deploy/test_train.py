@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from deepretrieval.common import trace_names as names
+from deepretrieval.common.trace_file import read_trace_file
+from deepretrieval.common.trace_summary import summarize
 from deepretrieval.deploy.cli import main
 
 
@@ -20,7 +23,8 @@ sampling: {{n: 2, temperature: 1.0, max_new_tokens: 24}}
 actors: {{engine: {{type: hf}}, groups_per_batch: 2}}
 learner: {{groups_per_step: 2, max_staleness: 1, checkpoint_every: 1, micro_batch_seqs: 4}}
 """)
-    assert main(["train", "--config", str(config)]) == 0
+    trace_file = tmp_path / "spans" / "e2e.jsonl"
+    assert main(["train", "--config", str(config), "--trace-file", str(trace_file)]) == 0
     run_dir = tmp_path / "runs" / "e2e"
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1.0, 2.0]
@@ -32,5 +36,25 @@ learner: {{groups_per_step: 2, max_staleness: 1, checkpoint_every: 1, micro_batc
     ckpt = sorted((run_dir / "checkpoints").iterdir())[-1]
     ledger = json.loads((ckpt / "trainer_state.json").read_text())["extra"]["trained"]
     assert len(ledger) == len(set(ledger)) == 2 * 2 * 2
-    names = {json.loads(line)["name"] for line in (run_dir / "traces.jsonl").read_text().splitlines()}
-    assert {"rl.generate", "rl.reward", "rl.train"} <= names
+    _assert_one_trace_per_sample(trace_file, set(ledger))
+    assert not (run_dir / "traces.jsonl").exists()  # --trace-file replaced the default
+
+
+def _assert_one_trace_per_sample(trace_file, trained_uids: set[str]) -> None:
+    """Every process wrote to the one file: generate -> reward -> search share a trace, rl.train links to it."""
+    spans = read_trace_file(trace_file).spans
+    by_id = {s.span_id: s for s in spans}
+    for s in spans:
+        if s.name == names.REWARD_SPAN or names.search_backend_of(s.name):
+            parent = by_id[s.parent_id]
+            assert parent.name == (names.GENERATE if s.name == names.REWARD_SPAN else names.REWARD_SPAN), s.name
+            assert parent.trace_id == s.trace_id and parent.attributes[names.UID] == s.attributes[names.UID]
+    trains = [s for s in spans if s.name == names.TRAIN]
+    assert len(trains) == 2
+    linked = [by_id[link.span_id] for t in trains for link in t.links]
+    assert all(g.name == names.GENERATE for g in linked)
+    assert {g.attributes[names.UID] for g in linked} == trained_uids
+    summary = summarize(spans)
+    assert summary.traces.trained == len(trained_uids) and summary.traces.scored >= len(trained_uids)
+    searched_and_trained = {g.trace_id for g in linked} & {s.trace_id for s in spans if names.search_backend_of(s.name)}
+    assert summary.traces.complete == len(searched_and_trained)

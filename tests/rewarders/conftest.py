@@ -31,8 +31,8 @@ def emu_index(emu_paths: PathsConfig) -> Iterator[OpenedIndex]:
     opened.engine.close()
 
 
-def _start(cfg: EmulatorConfig, opened: OpenedIndex) -> BackgroundEmulator:
-    emulator = BackgroundEmulator(cfg, opened)
+def _start(cfg: EmulatorConfig, opened: OpenedIndex, tracer: Any = None) -> BackgroundEmulator:
+    emulator = BackgroundEmulator(cfg, opened, tracer)
     emulator.start()
     return emulator
 
@@ -58,12 +58,13 @@ StartEmulator = Callable[..., str]
 
 @pytest.fixture
 def start_emulator(emu_index: OpenedIndex) -> Iterator[StartEmulator]:
-    """Start emulators with custom quota/faults for one test: `start_emulator("pubmed", rate_limit_rps=1, faults={...})`."""
+    """Start emulators with custom quota/faults for one test: `start_emulator("pubmed", rate_limit_rps=1, faults={...})`;
+    `tracer=` makes it write one server span per request."""
     started: list[BackgroundEmulator] = []
 
-    def start(api: str, faults: dict[str, Any] | None = None, **overrides: Any) -> str:
+    def start(api: str, faults: dict[str, Any] | None = None, tracer: Any = None, **overrides: Any) -> str:
         cfg = EmulatorConfig(api=api, dataset="scifact", port=0, faults=EmulatorFaults(**(faults or {})), **overrides)
-        emulator = _start(cfg, emu_index)
+        emulator = _start(cfg, emu_index, tracer)
         started.append(emulator)
         return emulator.base_url
 
