@@ -29,6 +29,13 @@ class DenseBackendSpec(StrictModel):
     dense: DenseConfig = Field(default_factory=DenseConfig, description="Encoder settings.")
 
 
+def _check_emulator_api(spec: PubMedBackendSpec | CtgovBackendSpec):
+    """A managed emulator must emulate the backend's own API."""
+    if spec.emulator is not None and spec.emulator.api != spec.type:
+        raise ValueError(f"emulator.api is {spec.emulator.api!r} but this backend is {spec.type!r}")
+    return spec
+
+
 class PubMedBackendSpec(StrictModel):
     """PubMed E-utilities esearch (the real service or `deepretrieval emulate pubmed`)."""
 
@@ -39,9 +46,7 @@ class PubMedBackendSpec(StrictModel):
 
     @model_validator(mode="after")
     def _emulator_api(self) -> PubMedBackendSpec:
-        if self.emulator is not None and self.emulator.api != self.type:
-            raise ValueError(f"emulator.api is {self.emulator.api!r} but this backend is {self.type!r}")
-        return self
+        return _check_emulator_api(self)
 
 
 class CtgovBackendSpec(StrictModel):
@@ -54,9 +59,7 @@ class CtgovBackendSpec(StrictModel):
 
     @model_validator(mode="after")
     def _emulator_api(self) -> CtgovBackendSpec:
-        if self.emulator is not None and self.emulator.api != self.type:
-            raise ValueError(f"emulator.api is {self.emulator.api!r} but this backend is {self.type!r}")
-        return self
+        return _check_emulator_api(self)
 
 
 class SqlBackendSpec(StrictModel):

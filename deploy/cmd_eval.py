@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--depth", type=int, default=1000, help="hits retrieved per query (default 1000)")
     p.add_argument("--k1", type=float, default=None, help="bm25 k1 (default 0.9)")
     p.add_argument("--b", type=float, default=None, help="bm25 b (default 0.4)")
-    p.add_argument("--rewriter", type=Path, default=None, help="a policy checkpoint folder: rewrite every query with it (greedy) and compare")
+    p.add_argument("--rewriter", action="append", default=[], metavar="[LABEL=]DIR",
+                   help="a policy checkpoint folder: rewrite every query with it (greedy) and compare; repeat for several "
+                        "policies in one table (rows LABEL and LABEL+fallback; one unlabelled rewriter gives 'rewritten')")
+    p.add_argument("--max-queries", type=int, default=None, help="evaluate the first N query ids of the split (sorted)")
     p.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="generation engine for --rewriter (default vllm)")
     p.add_argument("--task", default=None, help="task whose prompt/answer format the rewriter uses (default: sparse for bm25, dense for dense)")
     p.add_argument("--temperature", type=float, default=None, help="rewriter temperature (default: the task's eval temperature, 0 = greedy)")
@@ -54,6 +57,21 @@ def read_rewritten(path: Path) -> dict[str, str]:
     return out
 
 
+def parse_rewriters(values: list[str]) -> list[tuple[str, Path]]:
+    """`--rewriter` values as (label, folder): `LABEL=DIR`, or `DIR` ('rewritten' when alone, else the folder name)."""
+    out: list[tuple[str, Path]] = []
+    for v in values:
+        label, sep, path = v.partition("=")
+        if sep and label and "/" not in label:
+            out.append((label, Path(path)))
+        else:
+            out.append(("rewritten" if len(values) == 1 else Path(v).name, Path(v)))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels) or "original" in labels:
+        raise DatasetError(f"--rewriter labels must be unique and not 'original', got {labels}; use LABEL=DIR")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from deepretrieval.common.config import BM25Config
     from deepretrieval.common.datasets import BeirDataset
@@ -62,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     paths = paths_from_args(args)
     ds = BeirDataset.open(args.dataset, paths.data_root)
     queries, qrels = ds.split_queries(args.split)
+    if args.max_queries is not None:
+        keep = sorted(queries)[: args.max_queries]
+        queries, qrels = {q: queries[q] for q in keep}, {q: qrels[q] for q in keep if q in qrels}
     query_sets = {"original": queries}
     extra: dict[str, object] = {}
     if args.queries is not None:
@@ -73,26 +94,34 @@ def run(args: argparse.Namespace) -> int:
             log.warning("%d of %d queries have no rewrite in %s; they score 0", len(missing), len(queries), args.queries)
         query_sets["rewritten"] = rewritten
         extra["rewritten_missing"] = len(missing)
-    if args.rewriter is not None:
+    rewriters = parse_rewriters(args.rewriter)
+    if rewriters:
         from deepretrieval.common.model_fetch import resolve_model
         from deepretrieval.deploy.evaluation import rewrite_with_policy
 
-        model_dir = Path(resolve_model(str(args.rewriter), paths.models_dir))
         task = args.task or ("dense" if args.retriever == "dense" else "sparse")
-        rewritten, fallback, stats = rewrite_with_policy(model_dir, task, queries, engine=args.engine, temperature=args.temperature,
-                                                         max_new_tokens=args.max_new_tokens, rewrites_out=args.rewrites_out)
-        query_sets["rewritten"] = rewritten
-        query_sets["rewritten+fallback"] = fallback
-        extra.update(stats)
+        for label, path in rewriters:
+            model_dir = Path(resolve_model(str(path), paths.models_dir))
+            out = args.rewrites_out.with_name(f"{args.rewrites_out.stem}-{label}{args.rewrites_out.suffix}") if args.rewrites_out and len(rewriters) > 1 else args.rewrites_out
+            rewritten, fallback, stats = rewrite_with_policy(model_dir, task, queries, engine=args.engine, temperature=args.temperature,
+                                                             max_new_tokens=args.max_new_tokens, rewrites_out=out)
+            query_sets[label] = rewritten
+            query_sets[f"{label}+fallback"] = fallback
+            if len(rewriters) == 1:
+                extra.update(stats)
+            else:
+                extra.setdefault("rewriters", {})[label] = stats  # type: ignore[union-attr]
     bm25 = BM25Config(**{k: v for k, v in (("k1", args.k1), ("b", args.b)) if v is not None})
     retriever = open_retriever(ds, paths.index_dir, args.retriever, bm25=bm25)
     means, per_q, seconds = evaluate_query_sets(retriever, qrels, query_sets, depth=args.depth)
     extra["search_seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     report = EvalReport(ds.name, args.split, args.retriever, len(queries), means, per_q, extra)
     print(report.table())
-    if "format_broken_share" in extra:
-        print(f"rewriter: {extra['format_broken_share']:.1%} of outputs broke the answer format "
-              f"(scored as empty queries in 'rewritten'; the original query stands in for them in 'rewritten+fallback')")
+    broken = {"rewritten": extra["format_broken_share"]} if "format_broken_share" in extra else {
+        label: st["format_broken_share"] for label, st in extra.get("rewriters", {}).items()}  # type: ignore[union-attr]
+    for label, share in broken.items():
+        print(f"{label}: {share:.1%} of outputs broke the answer format "
+              f"(scored as empty queries in '{label}'; the original query stands in for them in '{label}+fallback')")
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report.to_json(), indent=1))

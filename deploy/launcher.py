@@ -262,6 +262,10 @@ def _finish(cfg: TrainConfig, result: RunResult) -> None:
     summary = {"run": cfg.run, "mode": cfg.mode, "seconds": result.seconds, "interrupted": result.interrupted,
                "restarts": result.restarts,
                "learner": result.learner, "actors": result.actors, "rewarders": result.rewarders}
+    if cfg.eval_before_after:
+        from deepretrieval.deploy.run_eval import learning_table
+
+        summary["learning"] = learning_table(cfg.run_dir)
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     try:
         from deepretrieval.learner.plots import plot_metrics

@@ -98,3 +98,32 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path) -> dict:
             "k": t.k or spec.k_train, "queries": len(prompts), "unavailable": len(pairs) - len(answered),
             "format_broken_share": sum(r.status == "invalid" for _, r in pairs) / max(1, len(pairs)),
             "split": t.eval_split, "policy": str(model_dir)}
+
+
+LEARNING_STAGES: tuple[tuple[str, str], ...] = (("untrained", "before"), ("warmup", "warmup"), ("rl", "after"))
+"""(row label, eval file label): the policies of a run's learning table, in order."""
+
+
+def learning_table(run_dir: Path) -> dict[str, dict]:
+    """Per task, the held-out metric of the original requests and of each stage's policy.
+
+    Reads eval-before.json (untrained), eval-warmup.json and eval-after.json (whichever exist) and
+    returns task -> {"metric": name, "rows": {"original": x, "untrained": x, "warmup": x, "rl": x},
+    "format_broken_share": {stage: share}}; writes it to learning.json in the run folder.
+    """
+    table: dict[str, dict] = {}
+    for row, label in LEARNING_STAGES:
+        path = Path(run_dir) / f"eval-{label}.json"
+        if not path.is_file():
+            continue
+        for task, res in json.loads(path.read_text()).items():
+            if "metrics" not in res:
+                continue
+            metric = "ndcg@10" if "ndcg@10" in res["metrics"]["original"] else "recall"
+            entry = table.setdefault(task, {"metric": metric if metric != "recall" else f"recall@{res.get('k')}",
+                                            "queries": res["queries"], "rows": {}, "format_broken_share": {}})
+            entry["rows"].setdefault("original", res["metrics"]["original"][metric])
+            entry["rows"][row] = res["metrics"]["rewritten"][metric]
+            entry["format_broken_share"][row] = res["format_broken_share"]
+    (Path(run_dir) / "learning.json").write_text(json.dumps(table, indent=2))
+    return table

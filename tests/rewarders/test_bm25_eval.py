@@ -71,3 +71,22 @@ async def test_backend_protocol_and_async_search(data_root, index_root):
     assert "k1=0.9" in backend.version
     assert backend.doc_text(res.ids[0]) and backend.doc_text("no-such-doc") is None
     await backend.close()
+
+
+def test_several_rewriters_in_one_table_on_any_beir_folder(tmp_path, tiny_beir, data_root, index_root, policy_dir):
+    """`--rewriter LABEL=DIR` twice: one table with original, each policy and its fallback row, per-policy format stats."""
+    report = _eval(["--dataset", str(tiny_beir), "--max-queries", "3", "--engine", "hf", "--max-new-tokens", "8",
+                    "--rewriter", f"untrained={policy_dir}", "--rewriter", f"again={policy_dir}"], tmp_path, data_root, index_root)
+    assert set(report["metrics"]) == {"original", "untrained", "untrained+fallback", "again", "again+fallback"}
+    assert report["num_queries"] == 3
+    # 8 new tokens cannot close the answer format: every rewrite is empty and the fallback row is the original.
+    assert set(report["rewriters"]) == {"untrained", "again"}
+    assert all(st["format_broken_share"] == 1.0 for st in report["rewriters"].values())
+    assert report["metrics"]["untrained"]["ndcg@10"] == 0.0
+    assert report["metrics"]["again+fallback"] == report["metrics"]["original"]
+
+
+def test_rewriter_labels_must_be_unique(tmp_path, tiny_beir, data_root, index_root, policy_dir, capsys):
+    rc = main(["eval", "--dataset", str(tiny_beir), "--rewriter", f"a={policy_dir}", "--rewriter", f"a={policy_dir}",
+               "--data-root", str(data_root), "--home", str(index_root.parent)])
+    assert rc == 2 and "labels must be unique" in capsys.readouterr().err
