@@ -100,6 +100,8 @@ class TrainConfig(StrictModel):
     trace_file: Path | None = Field(None, description="Write every process's finished spans here (JSON lines); None = runs/<run>/traces.jsonl.")
     seed: int = Field(0, description="Seed of prompt order and engines.")
     eval_before_after: bool = Field(False, description="Evaluate the policy on each task's eval_split before and after training (eval-before.json, eval-after.json in the run folder; eval-warmup.json after a warm-up).")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate the published policy on each task's eval_split every this many learner steps, in the background (evals.jsonl, plotted); None = only before/after.")
+    eval_every_max_queries: int = Field(32, ge=1, description="Held-out requests per task in each periodic evaluation (kept small: it shares the machine with training).")
     warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Format warm-up (rejection-sampling fine-tuning) before RL; `deepretrieval warmup` runs it alone.")
 
     @property

@@ -20,6 +20,7 @@ import yaml
 from tqdm import tqdm
 
 from deepretrieval.common.train_config import RolePlacement, TrainConfig
+from deepretrieval.deploy.periodic_eval import PeriodicEval
 from deepretrieval.deploy.services import run_services
 from deepretrieval.deploy.workers import ActorWorker, LearnerWorker, RewarderWorker
 
@@ -218,12 +219,14 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
                  + [_Role("actor", ActorWorker, i, place.actor) for i in range(cfg.actors.processes)])
         sup = Supervisor(ray, cfg.model_dump_json(), roles)
         progress = _Progress(cfg)
+        evals = PeriodicEval(cfg)
         try:
             while True:
                 done, _ = ray.wait([r.ref for r in sup.roles], timeout=1.0, num_returns=1)
                 rewarders = [r.handle for r in sup.roles if r.name == "rewarder"]
                 api_calls = sum(s.get("api_calls", 0) for s in ray.get([h.stats.remote() for h in rewarders]))
                 progress.update(api_calls)
+                evals.poll()
                 if on_tick is not None:
                     on_tick(sup)
                 if done:
@@ -237,6 +240,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
             progress.close()
             for r in sup.roles:
                 r.handle.stop.remote()
+            evals.close(wait=not interrupted)
         outs = {id(r): ray.get(r.ref, timeout=300) for r in sup.roles}
         ray.shutdown()
         if on_end is not None:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+EVALS_FILE = "evals.jsonl"
+"""Periodic held-out evaluations (deploy/periodic_eval.py writes it)."""
 PLOTS_DIR = "plots"
 OVERVIEW_FILE = "overview.png"
 _PANEL_COLUMNS = 4
@@ -145,6 +147,8 @@ def plot_metrics(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
 
     run_dir = Path(run_dir)
     series = numeric_series(read_metrics(run_dir / METRICS_FILE))
+    if (run_dir / EVALS_FILE).is_file():  # periodic held-out evaluations, on the same step axis
+        series += numeric_series(read_metrics(run_dir / EVALS_FILE))
     if not series:
         raise ConfigError(f"{run_dir / METRICS_FILE} holds no numeric metric to plot")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR

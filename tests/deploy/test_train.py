@@ -18,7 +18,9 @@ max_steps: 2
 paths: {{data_root: {data_root}, index_dir: {index_root}, runs_dir: {tmp_path / 'runs'}}}
 model: {{name_or_path: {policy_dir}}}
 tasks:
-  - {{task: sparse, dataset: scifact, max_prompts: 16, eval_split: null, backend: {{type: bm25, dataset: scifact}}, k: 50}}
+  - {{task: sparse, dataset: scifact, max_prompts: 16, eval_split: test, backend: {{type: bm25, dataset: scifact}}, k: 50}}
+eval_every: 1
+eval_every_max_queries: 2
 sampling: {{n: 2, temperature: 1.0, max_new_tokens: 24}}
 actors: {{engine: {{type: hf}}, groups_per_batch: 2}}
 learner: {{groups_per_step: 2, max_staleness: 1, checkpoint_every: 1, micro_batch_seqs: 4}}
@@ -38,6 +40,11 @@ learner: {{groups_per_step: 2, max_staleness: 1, checkpoint_every: 1, micro_batc
     assert len(ledger) == len(set(ledger)) == 2 * 2 * 2
     _assert_one_trace_per_sample(trace_file, set(ledger))
     assert not (run_dir / "traces.jsonl").exists()  # --trace-file replaced the default
+    # Periodic held-out eval ran in the background on published versions (at least one), and is plotted.
+    evals = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines()]
+    assert evals and all(e["step"] in (1.0, 2.0) for e in evals)
+    assert all(0.0 <= e["eval/sparse/ndcg@10"] <= 1.0 and e["eval/sparse/format_broken_share"] == 1.0 for e in evals)
+    assert (run_dir / "plots" / "eval_sparse_ndcg_10.png").is_file()
 
 
 def _assert_one_trace_per_sample(trace_file, trained_uids: set[str]) -> None:
