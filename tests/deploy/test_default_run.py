@@ -1,0 +1,52 @@
+"""The full default run (slow suite): warm-up, asynchronous GRPO and held-out evaluation, on CPU.
+
+`pytest -m slow tests/deploy/test_default_run.py` trains `configs/default-cpu.yaml` into a fresh
+home, then evaluates SciFact test (a collection the run never trained on) with the untrained,
+warmed-up and RL policies, and writes every table to `bench/results/learning-default-cpu.json`.
+The targets are issue 8's: warm-up format-ok >= 0.9; PubMed-style recall after RL >= 2x the raw
+request's; NFCorpus nDCG@10 after RL above the original queries'; SciFact not below them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from deepretrieval.common.hardware import describe_cpu
+from deepretrieval.deploy.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * 3600)
+def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, index_root, models_dir, policy_dir):
+    home = tmp_path / "home"
+    overrides = ["--set", f"paths.data_root={data_root}", "--set", f"paths.index_dir={index_root}",
+                 "--set", f"paths.models_dir={models_dir}", "--set", f"paths.runs_dir={home / 'runs'}"]
+    t0 = time.monotonic()
+    assert main(["train", "--config", str(ROOT / "configs" / "default-cpu.yaml"), *overrides]) == 0
+    train_s = time.monotonic() - t0
+    run = home / "runs" / "default-cpu"
+    learning = json.loads((run / "learning.json").read_text())
+    warm = json.loads((run / "warmup" / "warmup.json").read_text())
+    final = json.loads((run / "summary.json").read_text())["learner"]["policy_version"]
+    scifact = tmp_path / "scifact.json"
+    assert main(["eval", "--dataset", "scifact", "--max-queries", "100", "--data-root", str(data_root), "--home", str(index_root.parent),
+                 "--rewriter", f"untrained={policy_dir}", "--rewriter", f"warmup={run / 'warmup' / 'policy'}",
+                 "--rewriter", f"rl={run / 'weights' / f'v{final:06d}'}", "--json", str(scifact)]) == 0
+    sci = json.loads(scifact.read_text())["metrics"]
+    tables = {"cpu": describe_cpu(), "train_seconds": train_s, "warmup": warm, "trained_tasks": learning,
+              "scifact_bm25_transfer": {row: sci[row]["ndcg@10"] for row in ("original", "untrained", "warmup", "rl")}}
+    out = ROOT / "bench" / "results" / "learning-default-cpu.json"
+    out.write_text(json.dumps(tables, indent=2, default=str))
+
+    assert warm["format_ok_after"] >= 0.9
+    pubmed, nf = learning["pubmed"]["rows"], learning["sparse"]["rows"]
+    assert pubmed["rl"] >= 2 * pubmed["original"]
+    assert nf["rl"] > nf["original"]
+    assert tables["scifact_bm25_transfer"]["rl"] >= tables["scifact_bm25_transfer"]["original"]
+    assert train_s <= 3600
