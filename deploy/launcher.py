@@ -205,7 +205,9 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
     interrupted = False
     try:
         prepare_run(cfg)
-        if cfg.eval_before_after:
+        if cfg.eval_before_after and (cfg.run_dir / "eval-before.json").is_file():
+            log.info("eval before: reusing %s (a resumed run)", cfg.run_dir / "eval-before.json")
+        elif cfg.eval_before_after:
             from deepretrieval.common.model_fetch import resolve_model
             from deepretrieval.deploy.run_eval import evaluate_policy
 

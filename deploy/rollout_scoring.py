@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from deepretrieval.common.answer_format import render_answer
+from deepretrieval.common.errors import BackendUnavailable
 from deepretrieval.common.sampling import SamplingConfig
 from deepretrieval.common.train_config import TrainConfig
 from deepretrieval.common.wire import Prompt, Rollout, SamplingParams, Scored
@@ -64,13 +65,15 @@ def original_rollout(prompt: Prompt, tokenizer, cfg: TrainConfig) -> Rollout:
                    completion=text, engine="original", created_at=time.time())
 
 
-async def score_rollouts(cfg: TrainConfig, rollouts: Sequence[Rollout], split_of: str = "train_split") -> list[Scored]:
+async def score_rollouts(cfg: TrainConfig, rollouts: Sequence[Rollout], split_of: str = "train_split", *,
+                         deadline_s: float = 600.0) -> list[Scored]:
     """Score rollouts with the run's rewarder in this process (needs `cfg.transport.url` for its cache).
 
     Args:
         cfg: the run config (tasks, backends, cache, retries).
         rollouts: rollouts of prompts of the given split.
         split_of: which prepared prompt files the rewarder reads targets from ("train_split" or "eval_split").
+        deadline_s: give up (BackendUnavailable, with the stacks of what still waits logged) after this long.
     """
     from deepretrieval.common.telemetry import get_tracer
     from deepretrieval.deploy.workers import rewarder_service_config
@@ -85,6 +88,18 @@ async def score_rollouts(cfg: TrainConfig, rollouts: Sequence[Rollout], split_of
             async with gate:
                 return await rewarder.score(r)
 
-        return await asyncio.gather(*(one(r) for r in rollouts))
+        tasks = [asyncio.create_task(one(r)) for r in rollouts]
+        done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+        if pending:
+            # The rewarder retries within its own budget, so this is a bug, not a slow API: say where it hangs.
+            for task in list(asyncio.all_tasks())[:20]:
+                if not task.done() and task is not asyncio.current_task():
+                    log.error("still pending after %.0f s: %s\n%s", deadline_s, task.get_name(),
+                              "".join(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n" for frame in task.get_stack()))
+            for task in pending:
+                task.cancel()
+            raise BackendUnavailable(f"{len(pending)} of {len(rollouts)} rollouts were not scored within {deadline_s:.0f} s "
+                                     "(the rewarder's retry budget is far shorter); see the pending tasks logged above")
+        return [t.result() for t in tasks]
     finally:
         await service.close()
