@@ -1,8 +1,13 @@
-"""Rewrite requests with a policy: the query each completion carries, or why it has none."""
+"""Rewrite requests with a policy: the query each completion carries, or why it has none.
+
+Shared by `eval --rewriter` (`rewrite_requests`: many held-out requests, one rewrite each) and the
+serving endpoint (`rewrite_jobs`: a batch of independent requests, possibly of different tasks
+and group sizes, generated with as few engine calls as their sampling settings allow).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from deepretrieval.actors.base import GenerationEngine, GenerationRequest
@@ -21,12 +26,92 @@ class Rewrite:
         reasoning: the reasoning text, when there is one.
         completion: the raw completion.
         error: the format error code, None when ok.
+        message: why the format broke, in words ("" when ok).
     """
 
     query: str | None
     reasoning: str | None
     completion: str
     error: str | None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RewriteJob:
+    """One request to rewrite `n` times.
+
+    Args:
+        request: the raw request text.
+        task: the task whose prompt and answer format apply.
+        n: completions to sample.
+        constraint: grammar regex for constrained decoding, or None.
+    """
+
+    request: str
+    task: TaskSpec
+    n: int = 1
+    constraint: str | None = None
+
+
+def parse_rewrite(completion: str, task: TaskSpec) -> Rewrite:
+    """A completion as a Rewrite: its query, or the format error that leaves it without one."""
+    parsed = parse_answer(completion, task.answer)
+    return Rewrite(parsed.value if parsed.ok else None, parsed.reasoning, completion,
+                   None if parsed.ok else str(parsed.error), parsed.message)
+
+
+def first_valid(rewrites: Sequence[Rewrite]) -> Rewrite:
+    """The first rewrite that carries a query; the first one when none does.
+
+    Raises:
+        ValueError: `rewrites` is empty.
+    """
+    if not rewrites:
+        raise ValueError("first_valid needs at least one rewrite")
+    return next((rw for rw in rewrites if rw.query is not None), rewrites[0])
+
+
+def sampling_for(task: TaskSpec, *, n: int = 1, temperature: float | None = None, max_new_tokens: int | None = None) -> SamplingConfig:
+    """The sampling settings of rewriting with `task`.
+
+    Args:
+        task: the task (limits and temperatures).
+        n: completions per request.
+        temperature: None = `task.eval_temperature` (greedy). With n > 1 a temperature of 0 becomes
+            the task's training temperature: greedy samples would all be the same.
+        max_new_tokens: None = `task.max_new_tokens`.
+    """
+    t = task.eval_temperature if temperature is None else temperature
+    if n > 1 and t == 0:
+        t = task.temperature
+    return SamplingConfig(n=n, temperature=t, max_new_tokens=max_new_tokens or task.max_new_tokens, stop=task.answer.stop)
+
+
+def rewrite_jobs(engine: GenerationEngine, tokenizer, jobs: Sequence[RewriteJob], *, temperature: float | None = None,
+                 max_new_tokens: int | None = None) -> list[list[Rewrite]]:
+    """Rewrite each job `job.n` times; jobs with equal sampling settings share one generate call.
+
+    Args:
+        engine: the generation engine.
+        tokenizer: the policy's tokenizer (its chat template builds the prompts).
+        jobs: the requests, length B.
+        temperature: see `sampling_for`.
+        max_new_tokens: see `sampling_for`.
+
+    Returns:
+        B lists of rewrites, in job order, each of length `job.n` (completion order).
+    """
+    groups: dict[str, tuple[SamplingConfig, list[int]]] = {}
+    for i, job in enumerate(jobs):
+        params = sampling_for(job.task, n=job.n, temperature=temperature, max_new_tokens=max_new_tokens)
+        groups.setdefault(params.model_dump_json(), (params, []))[1].append(i)
+    out: list[list[Rewrite]] = [[] for _ in jobs]
+    for params, members in groups.values():
+        reqs = [GenerationRequest(build_prompt_ids(tokenizer, build_messages(jobs[i].task, jobs[i].request), jobs[i].task.answer.prefill),
+                                  jobs[i].constraint) for i in members]
+        for i, group in zip(members, engine.generate(reqs, params)):
+            out[i] = [parse_rewrite(s.text, jobs[i].task) for s in group]
+    return out
 
 
 def rewrite_requests(engine: GenerationEngine, tokenizer, task: TaskSpec, requests: Mapping[str, str], *,
@@ -47,17 +132,11 @@ def rewrite_requests(engine: GenerationEngine, tokenizer, task: TaskSpec, reques
     Returns:
         id -> Rewrite.
     """
-    params = SamplingConfig(n=1, temperature=task.eval_temperature if temperature is None else temperature,
-                            max_new_tokens=max_new_tokens or task.max_new_tokens, stop=task.answer.stop)
     ids = list(requests)
     out: dict[str, Rewrite] = {}
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
-        reqs = [GenerationRequest(build_prompt_ids(tokenizer, build_messages(task, requests[i]), task.answer.prefill), constraint)
-                for i in chunk]
-        for qid, group in zip(chunk, engine.generate(reqs, params)):
-            text = group[0].text
-            parsed = parse_answer(text, task.answer)
-            out[qid] = Rewrite(parsed.value if parsed.ok else None, parsed.reasoning, text,
-                               None if parsed.ok else str(parsed.error))
+        jobs = [RewriteJob(requests[i], task, 1, constraint) for i in chunk]
+        for qid, group in zip(chunk, rewrite_jobs(engine, tokenizer, jobs, temperature=temperature, max_new_tokens=max_new_tokens)):
+            out[qid] = group[0]
     return out

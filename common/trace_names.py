@@ -17,6 +17,10 @@ Which span carries what:
 - rl.train: TRAIN_STEP, POLICY_VERSION, TRAIN_SAMPLES, TRAIN_LOSS; each link carries UID.
 - emulator server spans (`<METHOD> <path>`, kind SERVER): HTTP_METHOD, URL_PATH, HTTP_STATUS,
   EMULATOR_FAULT.
+- serve.rewrite (one `POST /v1/rewrite` of the serving endpoint): SERVE_MODEL, POLICY_VERSION,
+  HTTP_STATUS, and SERVE_ERROR for a refused request, else SERVE_TASK, SERVE_N, SERVE_SEARCH,
+  SERVE_QUERY_CHARS, SERVE_VALID, SERVE_FALLBACK (+ SERVE_FORMAT_ERROR), SERVE_IDS; a search is
+  its child `rl.search.<backend>`.
 """
 
 from __future__ import annotations
@@ -99,3 +103,19 @@ TRAIN_LOSS = "train.loss"
 HTTP_METHOD = "http.request.method"
 URL_PATH = "url.path"
 EMULATOR_FAULT = "emulator.fault"
+
+# The serving endpoint (deploy/serve_app.py).
+SERVE_REWRITE = "serve.rewrite"
+SERVE_MODEL = "serve.model"
+SERVE_TASK = "serve.task"
+SERVE_N = "serve.n"
+SERVE_SEARCH = "serve.search"
+SERVE_QUERY_CHARS = "serve.query_chars"
+SERVE_VALID = "serve.valid"
+"""How many of the request's n completions followed the answer format."""
+SERVE_FALLBACK = "serve.fallback"
+"""True when no completion followed the format and the original query was served."""
+SERVE_FORMAT_ERROR = "serve.format_error"
+SERVE_IDS = "serve.ids"
+SERVE_ERROR = "serve.error"
+"""The error code of a refused request (invalid_json, query_too_long, ...)."""

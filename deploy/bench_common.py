@@ -1,10 +1,11 @@
-"""Pieces every pipeline benchmark uses: a private Redis, publishing rollouts, draining scores."""
+"""Pieces the benchmarks share: a private Redis, publishing rollouts, draining scores, closed-loop load."""
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -98,3 +99,51 @@ def stop_processes(procs: list, timeout_s: float = 20.0) -> None:
         if p.is_alive():
             p.kill()
             p.join()
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The nearest-rank `q` quantile (0..1) of already sorted values; NaN when there are none."""
+    if not sorted_values:
+        return float("nan")
+    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[idx]
+
+
+async def closed_loop(call: Callable[[int], Awaitable[object]], concurrency: int, duration_s: float,
+                      errors: tuple[type[BaseException], ...]) -> dict[str, float | int]:
+    """Keep `concurrency` callers busy for `duration_s`, each starting its next call when one returns.
+
+    Args:
+        call: makes request number i (0, 1, 2, ... across all callers).
+        concurrency: calls in flight.
+        duration_s: no call starts after this many seconds.
+        errors: exception types counted as failed calls (others propagate).
+
+    Returns:
+        {"rps", "p50_ms", "p95_ms", "errors", "requests"}: successful calls per second of the window,
+        their latency quantiles, failed calls, and all calls made.
+    """
+    latencies_ms: list[float] = []
+    failed = 0
+    next_index = 0
+    deadline = time.perf_counter() + duration_s
+
+    async def caller() -> None:
+        nonlocal failed, next_index
+        while time.perf_counter() < deadline:
+            index, next_index = next_index, next_index + 1
+            t0 = time.perf_counter()
+            try:
+                await call(index)
+            except errors:
+                failed += 1
+                continue
+            latencies_ms.append((time.perf_counter() - t0) * 1000)
+
+    t_start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t_start
+    latencies_ms.sort()
+    done = len(latencies_ms)
+    return {"rps": round(done / elapsed, 2), "p50_ms": round(percentile(latencies_ms, 0.5), 2),
+            "p95_ms": round(percentile(latencies_ms, 0.95), 2), "errors": failed, "requests": done + failed}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ import aiohttp
 from deepretrieval.common.config import ApiClientConfig, EmulatorConfig, PathsConfig
 from deepretrieval.common.datasets import BeirDataset
 from deepretrieval.common.errors import DeepRetrievalError
+from deepretrieval.deploy.bench_common import closed_loop
 from deepretrieval.rewarders.ctgov import CtgovClient
 from deepretrieval.rewarders.pubmed import PubMedClient
 
@@ -38,13 +38,6 @@ def bench_queries(ds: BeirDataset, max_words: int = 8) -> list[str]:
         if words:
             out.append(" OR ".join(words))
     return out
-
-
-def _percentile(sorted_ms: list[float], q: float) -> float:
-    if not sorted_ms:
-        return float("nan")
-    idx = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
-    return sorted_ms[idx]
 
 
 @asynccontextmanager
@@ -72,31 +65,7 @@ async def _load(base_url: str, api: str, queries: list[str], concurrency: int, d
         client = PubMedClient(cfg, session) if api == "pubmed" else CtgovClient(cfg, session)
         for q in queries[:_WARMUP_REQUESTS]:
             await client.search(q, k)
-        latencies_ms: list[float] = []
-        errors = 0
-        next_query = 0
-        deadline = time.perf_counter() + duration_s
-
-        async def worker() -> None:
-            nonlocal errors, next_query
-            while time.perf_counter() < deadline:
-                q = queries[next_query % len(queries)]
-                next_query += 1
-                t0 = time.perf_counter()
-                try:
-                    await client.search(q, k)
-                except DeepRetrievalError:
-                    errors += 1
-                    continue
-                latencies_ms.append((time.perf_counter() - t0) * 1000)
-
-        t_start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t_start
-    latencies_ms.sort()
-    done = len(latencies_ms)
-    return {"rps": round(done / elapsed, 1), "p50_ms": round(_percentile(latencies_ms, 0.5), 2),
-            "p95_ms": round(_percentile(latencies_ms, 0.95), 2), "errors": errors, "requests": done + errors}
+        return await closed_loop(lambda i: client.search(queries[i % len(queries)], k), concurrency, duration_s, (DeepRetrievalError,))
 
 
 def run(dataset: str, data_root: Path, index_root: Path, api: Literal["pubmed", "ctgov"], concurrency: int, duration_s: float,

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deepretrieval.deploy.cmd_eval",
     "deepretrieval.deploy.cmd_emulate",
     "deepretrieval.deploy.cmd_train",
+    "deepretrieval.deploy.cmd_serve",
     "deepretrieval.deploy.cmd_bench",
     "deepretrieval.deploy.cmd_plot",
     "deepretrieval.deploy.cmd_trace",

@@ -79,6 +79,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--concurrency", type=int, default=16)
     e.add_argument("--duration", type=float, default=10.0, help="seconds")
 
+    sv = _leaf(bsub, "serve", "requests/s and latency of the rewriting endpoint (Ray Serve) over loopback HTTP", run_serve)
+    sv.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    sv.add_argument("--duration", type=float, default=30.0, help="measured seconds (default 30)")
+    sv.add_argument("--url", default=None, help="base URL of a running endpoint (default: start one locally)")
+    sv.add_argument("--model", default=None, help="policy to serve (default: the config's, smollm2-135m-instruct)")
+    sv.add_argument("--config", type=Path, default=None, help="serve config YAML (see configs/serve/)")
+    sv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a serve config value")
+    sv.add_argument("--task", default=None, help="task of the requests (default: the endpoint's default task)")
+    sv.add_argument("--dataset", default="scifact", help="data set whose queries are sent (default scifact)")
+
     w = _leaf(bsub, "weightsync", "publish a policy version + actor reload vs a memcpy of its bytes", run_weightsync)
     w.add_argument("--model", default="smollm2-135m-instruct", help="policy: the default model's name or a HF folder (default smollm2-135m-instruct)")
     w.add_argument("--engine", choices=["vllm", "hf"], default="vllm", help="actor engine that reloads (default vllm)")
@@ -140,3 +150,11 @@ def run_chaos(args: argparse.Namespace) -> int:
     from deepretrieval.deploy.bench_chaos import run
 
     return _emit(args, run(paths_from_args(args), trials=args.trials, steps=args.steps, kills=args.kills, engine=args.engine))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from deepretrieval.deploy.bench_serve import run
+    from deepretrieval.deploy.cmd_serve import load_serve_config
+
+    cfg = load_serve_config(args)  # --task is the endpoint's default task and is named in every request
+    return _emit(args, run(cfg, args.dataset, concurrency=args.concurrency, duration_s=args.duration, url=args.url, task=args.task))

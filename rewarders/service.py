@@ -15,23 +15,16 @@ from pathlib import Path
 import aiohttp
 from pydantic import Field
 
-from deepretrieval.common.backend_config import (
-    BackendSpec,
-    CtgovBackendSpec,
-    DenseBackendSpec,
-    LuceneBackendSpec,
-    PubMedBackendSpec,
-    SqlBackendSpec,
-)
+from deepretrieval.common.backend_config import BackendSpec
 from deepretrieval.common.config import PathsConfig, StrictModel
 from deepretrieval.common.config_pipeline import RewardCacheConfig, TransportConfig
-from deepretrieval.common.datasets import BeirDataset, resolve_dataset
-from deepretrieval.common.errors import ConfigError, DeepRetrievalError
+from deepretrieval.common.errors import ConfigError
 from deepretrieval.common.prompt_book import PromptBook
 from deepretrieval.common.run_config import RetryConfig, RewarderConfig, TaskRunConfig
 from deepretrieval.common.streams import RedisStreamTransport, redis_client
 from deepretrieval.common.tasks import get_task
 from deepretrieval.common.telemetry import get_tracer, setup_tracing, shutdown_tracing
+from deepretrieval.rewarders.backend_factory import API_BACKENDS, open_backend
 from deepretrieval.rewarders.base import SearchBackend
 from deepretrieval.rewarders.rate_limiter import RateLimiter
 from deepretrieval.rewarders.resilient_search import ResilientSearch
@@ -56,12 +49,6 @@ class RewarderServiceConfig(StrictModel):
     consumer: str | None = Field(None, description="Consumer name in the stream group; None = host-pid.")
 
 
-def _quota_key(spec: PubMedBackendSpec | CtgovBackendSpec) -> str:
-    key = spec.client.resolved_api_key()
-    # The quota is per API key (or per client IP without one): processes sharing a key share a bucket.
-    return f"{spec.type}:{spec.client.base_url}:{key or 'no-key'}"
-
-
 class RewarderService:
     """The resources of one rewarder process, built from its config."""
 
@@ -84,42 +71,8 @@ class RewarderService:
 
     async def build_backend(self, spec: BackendSpec) -> tuple[SearchBackend, RateLimiter | None, str | None]:
         """A backend for `spec`, with its limiter and quota key (None for local engines)."""
-        paths = self.config.paths
-        if isinstance(spec, LuceneBackendSpec):
-            from deepretrieval.rewarders.batching import MicroBatcher
-            from deepretrieval.rewarders.retrieval import open_retriever
-
-            bm25 = open_retriever(BeirDataset.open(spec.dataset, paths.data_root), paths.index_dir, "bm25", bm25=spec.bm25)
-            backend: SearchBackend = MicroBatcher(bm25, spec.batch_window_ms / 1000) if spec.batch_window_ms > 0 else bm25
-            return backend, None, None
-        if isinstance(spec, DenseBackendSpec):
-            from deepretrieval.rewarders.retrieval import open_retriever
-
-            return open_retriever(BeirDataset.open(spec.dataset, paths.data_root), paths.index_dir, "dense", dense=spec.dense), None, None
-        if isinstance(spec, SqlBackendSpec):
-            from deepretrieval.rewarders.sql_backend import SqlBackend
-
-            db = spec.database or next(resolve_dataset(spec.dataset, paths.data_root).glob("*.sqlite"), None)
-            if db is None:
-                raise ConfigError(f"sql backend: no .sqlite file in data set {spec.dataset!r}; set backend.database")
-            return SqlBackend(Path(db), spec.sql), None, None
-        session = await self._session_()
-        if isinstance(spec, PubMedBackendSpec):
-            from deepretrieval.rewarders.pubmed import PubMedClient
-
-            client: SearchBackend = PubMedClient(spec.client, session)
-        else:
-            from deepretrieval.rewarders.ctgov import CtgovClient
-
-            client = CtgovClient(spec.client, session)
-        limiter = RateLimiter.from_config(self._redis, spec.rate_limit)
-        key = _quota_key(spec)
-        try:
-            await limiter.acquire(key)  # the probe counts against the shared quota too
-            await client.probe()  # learn the index version before the first cache key is made
-        except DeepRetrievalError as e:
-            log.warning("%s: version probe failed (%s); using the configured version label", spec.type, e)
-        return client, limiter, key
+        session = await self._session_() if spec.type in API_BACKENDS else None
+        return await open_backend(spec, self.config.paths, redis=self._redis, session=session)
 
     async def task_runtimes(self) -> dict[str, TaskRuntime]:
         """Task name -> runtime, each backend wrapped in the resilient search (limits, retries, cache)."""

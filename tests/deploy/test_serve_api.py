@@ -1,0 +1,55 @@
+"""The endpoint's contract without a server: config rules, request rules that need another config
+than the served one, and the answer for a valid rewrite (the untrained test policy rarely writes one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from deepretrieval.actors.rewrite import parse_rewrite
+from deepretrieval.common.config import load_config, validate_config
+from deepretrieval.common.errors import ConfigError
+from deepretrieval.common.serve_config import ServeConfig
+from deepretrieval.common.tasks import get_task
+from deepretrieval.deploy.serve_api import ApiError, parse_rewrite_request, rewrite_answer
+
+SERVE_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "serve").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=[p.stem for p in SERVE_CONFIGS])
+def test_shipped_serve_configs_validate(path: Path):
+    cfg = load_config(ServeConfig, path)
+    assert cfg.task in cfg.tasks
+
+
+@pytest.mark.parametrize(("data", "field"), [
+    ({"tasks": ["sparse", "sql"]}, "tasks"),
+    ({"task": "qa", "tasks": ["sparse"]}, "task"),
+    ({"replicas": {"num_replicas": 2, "autoscaling": {"max_replicas": 3}}}, "replicas"),
+    ({"replicas": {"num_replicas": None, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}}, "replicas.autoscaling"),
+    ({"backend": {"type": "pubmed", "client": {"base_url": "http://127.0.0.1:1"}}}, "redis_url"),
+    ({"backend": {"type": "pubmed", "client": {"base_url": "http://127.0.0.1:1", "api_key": "k"}}, "redis_url": "redis://x"}, "api_key"),
+    ({"engine": {"type": "tgi"}}, "engine"),
+    ({"max_batch_size": 0}, "max_batch_size"),
+])
+def test_bad_serve_config_names_the_field(data: dict, field: str):
+    with pytest.raises(ConfigError, match=field.split(".")[0]):
+        validate_config(ServeConfig, data)
+
+
+def test_search_without_a_backend_is_refused():
+    with pytest.raises(ApiError) as e:
+        parse_rewrite_request(json.dumps({"query": "statins", "search": True}).encode(), ServeConfig())
+    assert (e.value.status, e.value.code) == (400, "search_unavailable")
+
+
+def test_valid_rewrite_is_served_with_its_reasoning_on_request():
+    req = parse_rewrite_request(b'{"query": "do statins hurt muscles", "return_reasoning": true}', ServeConfig())
+    chosen = parse_rewrite('muscle side effects</think>\n<answer>{"query": "statin myopathy"}</answer>', get_task("sparse"))
+    answer = rewrite_answer(req, chosen, model="m", policy_version=7)
+    assert answer == {"query": "statin myopathy", "reasoning": "muscle side effects", "model": "m", "policy_version": 7,
+                      "task": "sparse", "fallback": False, "fallback_reason": None}
+    quiet = parse_rewrite_request(b'{"query": "do statins hurt muscles"}', ServeConfig())
+    assert rewrite_answer(quiet, chosen, model="m", policy_version=7)["reasoning"] is None
