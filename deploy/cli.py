@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "deepretrieval.deploy.cmd_index",
     "deepretrieval.deploy.cmd_eval",
     "deepretrieval.deploy.cmd_emulate",
+    "deepretrieval.deploy.cmd_warmup",
     "deepretrieval.deploy.cmd_train",
     "deepretrieval.deploy.cmd_serve",
     "deepretrieval.deploy.cmd_bench",
