@@ -20,6 +20,20 @@ from deepretrieval.common.wire import Prompt, Rollout, SamplingParams, Scored
 log = logging.getLogger(__name__)
 
 
+def await_chain(task: asyncio.Task) -> str:
+    """Where a pending task waits: its coroutine and every coroutine it awaits, innermost last."""
+    lines = []
+    coro = task.get_coro()
+    while coro is not None and len(lines) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    if coro is not None and not lines[-1:]:
+        lines.append(f"  awaiting {coro!r}\n")
+    return "".join(lines) + (f"  awaiting {coro!r}\n" if coro is not None else "")
+
+
 def task_specs(cfg: TrainConfig) -> dict:
     """Task name -> TaskSpec (with the run's overrides)."""
     from deepretrieval.common.tasks import get_task
@@ -94,8 +108,7 @@ async def score_rollouts(cfg: TrainConfig, rollouts: Sequence[Rollout], split_of
             # The rewarder retries within its own budget, so this is a bug, not a slow API: say where it hangs.
             for task in list(asyncio.all_tasks())[:20]:
                 if not task.done() and task is not asyncio.current_task():
-                    log.error("still pending after %.0f s: %s\n%s", deadline_s, task.get_name(),
-                              "".join(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n" for frame in task.get_stack()))
+                    log.error("still pending after %.0f s: %s\n%s", deadline_s, task.get_name(), await_chain(task))
             for task in pending:
                 task.cancel()
             raise BackendUnavailable(f"{len(pending)} of {len(rollouts)} rollouts were not scored within {deadline_s:.0f} s "
