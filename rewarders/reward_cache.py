@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 import redis.asyncio as aredis
+from redis.exceptions import RedisError
 
 from deepretrieval.common.config_pipeline import RewardCacheConfig
 from deepretrieval.rewarders.base import SearchResult
@@ -220,19 +221,27 @@ class RewardCache:
     async def _holding(self, lock_key: str, token: str):
         """Renew the lock every third of its TTL while the body runs."""
         ttl_ms = self._config.lock_ttl_ms
+        # Stopped by an event, never by cancel(): a cancellation landing inside the Redis call can
+        # be swallowed by the client, which left the renewer looping (renewing the lock forever)
+        # and this context manager waiting for it forever.
+        done = asyncio.Event()
 
         async def renew() -> None:
-            while True:
-                await asyncio.sleep(ttl_ms / 3000)
-                await self._lock_script(keys=[lock_key], args=[token, ttl_ms])
+            while not done.is_set():
+                try:
+                    await asyncio.wait_for(done.wait(), ttl_ms / 3000)
+                except asyncio.TimeoutError:
+                    try:
+                        await self._lock_script(keys=[lock_key], args=[token, ttl_ms])
+                    except RedisError as e:  # the lock may lapse: at worst a peer repeats the search
+                        logger.warning("could not renew %s: %s", lock_key, e)
 
         renewer = asyncio.create_task(renew())
         try:
             yield
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            done.set()
+            await renewer
 
     async def _count(self, backend: str, what: str) -> None:
         await self._redis.hincrby(f"{self._config.namespace}:stats", f"{backend}:{what}", 1)
