@@ -2,8 +2,9 @@
 
 The launcher calls `poll()` once a tick. When the learner has published a version at or past the
 next multiple of `eval_every`, that version's folder is copied out of the weight store (which
-prunes old versions) and evaluated on a background thread with `run_eval.evaluate_policy`, on at
-most `eval_max_queries` held-out requests per task. One evaluation runs at a time; versions
+prunes old versions) and evaluated in a child process with `run_eval.evaluate_policy`, on at
+most `eval_max_queries` held-out requests per task. A process, not a thread: the BM25 retriever
+runs in the JVM, and JNI calls from a second Python thread of the launcher crashed it. One evaluation runs at a time; versions
 published meanwhile are skipped, not queued, so evaluation never falls behind training. Results:
 `eval-step000010.json` per evaluation and one line per evaluation in `evals.jsonl` (plotted with the
 training curves as `eval/<task>/<metric>`).
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from deepretrieval.common.train_config import TrainConfig
@@ -38,7 +38,7 @@ def eval_record(step: int, results: dict[str, dict]) -> dict[str, float]:
 
 
 class PeriodicEval:
-    """Evaluates published policy versions every `cfg.eval_every` versions, one at a time, off the launcher's thread.
+    """Evaluates published policy versions every `cfg.eval_every` versions, one at a time, in a child process.
 
     Args:
         cfg: the run config (with the run's Redis URL and managed emulator URLs resolved).
@@ -50,17 +50,18 @@ class PeriodicEval:
                  for t in cfg.tasks]
         self._cfg = cfg.model_copy(update={"tasks": tasks})
         self._next = self._every
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="periodic-eval") if self._every else None
-        self._pending: Future | None = None
+        self._proc = None
+        self._running: tuple[int, Path] | None = None
         self.done: list[int] = []
 
     def poll(self) -> None:
         """Start an evaluation of the newest eligible published version, if none is running."""
+        import multiprocessing as mp
+
         from deepretrieval.learner.weight_sync import published_versions, version_dir_name
 
-        if self._pool is None or (self._pending is not None and not self._pending.done()):
+        if not self._every or self._reap(block=False):
             return
-        self._reap()
         store = self._cfg.run_dir / "weights"
         eligible = [v for v in published_versions(store) if v >= self._next]
         if not eligible:
@@ -73,28 +74,42 @@ class PeriodicEval:
         except (OSError, shutil.Error) as e:  # pruned between listing and copying
             log.warning("periodic eval: version %d vanished before it was copied (%s); waiting for the next", version, e)
             return
-        self._pending = self._pool.submit(self._evaluate, version, copy)
+        self._proc = mp.get_context("spawn").Process(target=evaluate_version, args=(self._cfg.model_dump_json(), version, str(copy)),
+                                                     name=f"periodic-eval-v{version}")  # not daemonic: vLLM spawns its own children
+        self._proc.start()
+        self._running = (version, copy)
 
-    def _evaluate(self, version: int, model_dir: Path) -> None:
-        from deepretrieval.deploy.run_eval import evaluate_policy
-
-        try:
-            results = evaluate_policy(self._cfg, model_dir, f"step{version:06d}")
-            with (self._cfg.run_dir / EVALS_FILE).open("a", encoding="utf-8") as f:
-                f.write(json.dumps(eval_record(version, results)) + "\n")
+    def _reap(self, *, block: bool) -> bool:
+        """Collect a finished evaluation; True while one is still running (after waiting, when `block`)."""
+        if self._proc is None:
+            return False
+        self._proc.join(None if block else 0)
+        if self._proc.is_alive():
+            return True
+        version, copy = self._running  # type: ignore[misc]
+        if self._proc.exitcode == 0:
             self.done.append(version)
-        finally:
-            shutil.rmtree(model_dir, ignore_errors=True)
-
-    def _reap(self) -> None:
-        if self._pending is not None and self._pending.done():
-            error = self._pending.exception()
-            if error is not None:
-                log.warning("periodic eval failed: %s", error)
-            self._pending = None
+        else:
+            log.warning("periodic eval of version %d failed (exit code %s)", version, self._proc.exitcode)
+        shutil.rmtree(copy, ignore_errors=True)
+        self._proc, self._running = None, None
+        return False
 
     def close(self, wait: bool = True) -> None:
-        """Wait for a running evaluation (or abandon it with `wait=False`), then stop the thread."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=wait, cancel_futures=True)
-            self._reap()
+        """Wait for a running evaluation, or stop it (by pid) with `wait=False`."""
+        if self._proc is not None and not wait:
+            self._proc.terminate()
+        self._reap(block=True)
+
+
+def evaluate_version(cfg_json: str, version: int, model_dir: str) -> None:
+    """Child-process body: evaluate one copied version and append its line to evals.jsonl."""
+    import logging as _logging
+
+    from deepretrieval.deploy.run_eval import evaluate_policy
+
+    _logging.basicConfig(level=_logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    results = evaluate_policy(cfg, Path(model_dir), f"step{version:06d}")
+    with (cfg.run_dir / EVALS_FILE).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(eval_record(version, results)) + "\n")
