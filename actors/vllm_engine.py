@@ -76,6 +76,9 @@ class VLLMEngine:
         if not self.on_gpu:
             for key, value in cpu_environment(self._config).items():
                 os.environ.setdefault(key, value)
+        from deepretrieval.actors.grammar_mask import import_xgrammar
+
+        import_xgrammar()  # before vLLM's frontend loads it for structured outputs: keeps a JVM's SIGSEGV handler
         try:
             from vllm import LLM
         except ImportError as e:

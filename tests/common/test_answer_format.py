@@ -170,8 +170,11 @@ def test_bounded_regex_is_the_documented_sublanguage():
 
 
 def test_xgrammar_reads_the_regex_the_same_way():
-    xgr_testing = pytest.importorskip("xgrammar.testing", reason="xgrammar (a vLLM dependency) is not installed")
-    import xgrammar
+    pytest.importorskip("xgrammar", reason="xgrammar (a vLLM dependency) is not installed")
+    from deepretrieval.actors.grammar_mask import import_xgrammar
+
+    xgrammar = import_xgrammar()  # keeps a JVM in this process safe (see its docstring)
+    import xgrammar.testing as xgr_testing
 
     grammar = xgrammar.Grammar.from_regex(answer_regex(QUERY))
     rng = random.Random(7)
