@@ -11,44 +11,22 @@ behaviour log-prob is that of the masked, renormalised distribution it was drawn
 
 from __future__ import annotations
 
-import ctypes
-import signal
-import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from deepretrieval.common.errors import EngineError
+from deepretrieval.common.signals import keep_sigsegv_handler
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
 
 
-class _SigAction(ctypes.Structure):
-    """glibc's `struct sigaction` (Linux)."""
-
-    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
-
-
 def import_xgrammar() -> Any:
-    """Import xgrammar without letting it replace the process's SIGSEGV handler.
-
-    Its tvm_ffi runtime installs a backtrace-printing SIGSEGV handler when loaded ("this may
-    override already installed signal handlers"). A JVM started earlier in the process (pyserini's
-    BM25) relies on its own SIGSEGV handler for safepoints and implicit null checks, so after the
-    import the next such signal killed the process (seen as pytest segfaulting in BM25 tests).
-    The previous C-level handler is put back right after the import.
-    """
-    if not sys.platform.startswith("linux"):
+    """Import xgrammar keeping the process's SIGSEGV handler (its tvm_ffi replaces it at load,
+    which kills a JVM started earlier in the process; see common/signals.py)."""
+    with keep_sigsegv_handler():
         import xgrammar
-
-        return xgrammar
-    libc = ctypes.CDLL(None, use_errno=True)
-    saved = _SigAction()
-    libc.sigaction(signal.SIGSEGV, None, ctypes.byref(saved))
-    import xgrammar
-
-    libc.sigaction(signal.SIGSEGV, ctypes.byref(saved), None)
     return xgrammar
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
+from deepretrieval.common.signals import keep_sigsegv_handler
 from deepretrieval.common.train_config import RolePlacement, TrainConfig
 from deepretrieval.deploy.periodic_eval import PeriodicEval
 from deepretrieval.deploy.services import run_services
@@ -86,11 +87,12 @@ def _ray_init(cfg: TrainConfig):
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep a local cluster on loopback (STACK.md §6)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 object_store_memory=cfg.ray.object_store_mb * 2**20)
+    with keep_sigsegv_handler():  # Ray's failure handler would take the eval JVM's SIGSEGVs (common/signals.py)
+        if cfg.ray.address:
+            ray.init(address=cfg.ray.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     object_store_memory=cfg.ray.object_store_mb * 2**20)
     return ray
 
 
@@ -244,7 +246,8 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
                 r.handle.stop.remote()
             evals.close(wait=not interrupted)
         outs = {id(r): ray.get(r.ref, timeout=300) for r in sup.roles}
-        ray.shutdown()
+        with keep_sigsegv_handler():  # ray.shutdown() resets SIGSEGV to the default action
+            ray.shutdown()
         if on_end is not None:
             on_end(cfg.transport.url)
     finally:

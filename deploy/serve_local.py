@@ -54,19 +54,24 @@ def local_serve(apps: Mapping[str, ServeConfig], *, host: str = "127.0.0.1", por
     import ray
     from ray import serve
 
+    from deepretrieval.common.signals import keep_sigsegv_handler
+
     from deepretrieval.deploy.serve_app import build_app
 
     reserved = sum(c.replicas.num_cpus * (c.replicas.num_replicas or c.replicas.autoscaling.max_replicas)  # type: ignore[union-attr]
                    for c in apps.values())
-    ray.init(num_cpus=num_cpus if num_cpus is not None else max(float(os.cpu_count() or 1), reserved),
-             include_dashboard=False, log_to_driver=False)
+    with keep_sigsegv_handler():  # Ray's failure handler would take a search JVM's SIGSEGVs (common/signals.py)
+        ray.init(num_cpus=num_cpus if num_cpus is not None else max(float(os.cpu_count() or 1), reserved),
+                 include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": host, "port": port})
+        with keep_sigsegv_handler():
+            serve.start(http_options={"host": host, "port": port})
         serve.run_many([serve.RunTarget(build_app(c.model_dump(mode="json")), name=app_name(prefix), route_prefix=prefix)
                         for prefix, c in apps.items()], wait_for_applications_running=True)
         url = f"http://{host}:{port}"
         log.info("serving at %s: %s", url, ", ".join(f"{prefix.rstrip('/')}/v1/rewrite" for prefix in apps))
         yield url
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        with keep_sigsegv_handler():  # ray.shutdown() resets SIGSEGV to the default action
+            serve.shutdown()
+            ray.shutdown()
