@@ -250,18 +250,18 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
             ray.shutdown()
         if on_end is not None:
             on_end(cfg.transport.url)
+        by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
+        result = RunResult(cfg.run_dir, time.monotonic() - t0, by("learner")[0], by("actor"), by("rewarder"), interrupted,
+                           {f"{r.name}-{r.index}": r.restarts for r in sup.roles})
+        from deepretrieval.learner.weight_sync import version_dir_name
+
+        final = cfg.run_dir / "weights" / version_dir_name(int(result.learner.get("policy_version", 0)))
+        if cfg.eval_before_after and final.is_dir():
+            from deepretrieval.deploy.run_eval import evaluate_policy
+
+            evaluate_policy(cfg, final, "after")  # API tasks need the run's Redis and emulator: still up here
     finally:
         services.close()
-    by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
-    result = RunResult(cfg.run_dir, time.monotonic() - t0, by("learner")[0], by("actor"), by("rewarder"), interrupted,
-                       {f"{r.name}-{r.index}": r.restarts for r in sup.roles})
-    from deepretrieval.learner.weight_sync import version_dir_name
-
-    final = cfg.run_dir / "weights" / version_dir_name(int(result.learner.get("policy_version", 0)))
-    if cfg.eval_before_after and final.is_dir():
-        from deepretrieval.deploy.run_eval import evaluate_policy
-
-        evaluate_policy(cfg, final, "after")
     _finish(cfg, result)
     return result
 
