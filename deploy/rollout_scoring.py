@@ -29,8 +29,6 @@ def await_chain(task: asyncio.Task) -> str:
         if frame is not None:
             lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
-    if coro is not None and not lines[-1:]:
-        lines.append(f"  awaiting {coro!r}\n")
     return "".join(lines) + (f"  awaiting {coro!r}\n" if coro is not None else "")
 
 
