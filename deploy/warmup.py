@@ -36,6 +36,7 @@ from deepretrieval.deploy.rollout_scoring import original_rollout, sample_rollou
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "warmup.json"
+CANDIDATES_NAME = "candidates.jsonl"
 
 
 def warm_policy_dir(cfg: TrainConfig) -> Path:
@@ -57,6 +58,12 @@ def split_prompts(prompts: Sequence[Prompt], n_train: int, n_heldout: int, seed:
     return order[n_heldout:n_heldout + n_train], held
 
 
+def warmup_engine_config(cfg: TrainConfig, wcfg: WarmupConfig):
+    """The actors' engine config, bound to the warm-up's cores (vLLM on CPU; other engines unchanged)."""
+    engine = cfg.actors.engine
+    return engine.model_copy(update={"cpu_threads_bind": wcfg.cpu_threads_bind}) if hasattr(engine, "cpu_threads_bind") else engine
+
+
 def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig) -> float:
     """Share of held-out prompts whose free-sampled completion (task temperature, no grammar) parses."""
     specs = task_specs(cfg)
@@ -71,6 +78,31 @@ def _constrained_rollouts(engine, tokenizer, prompts: Sequence[Prompt], cfg: Tra
     regexes = {name: answer_regex(spec.answer, max_reasoning_chars=wcfg.max_reasoning_chars) for name, spec in task_specs(cfg).items()}
     params = cfg.sampling.model_copy(update={"n": wcfg.samples_per_prompt})
     return sample_rollouts(engine, tokenizer, prompts, params, regexes=regexes, batch_prompts=wcfg.batch_prompts)
+
+
+def write_candidates(path: Path, prompts: Sequence[Prompt], scored: Sequence, baseline: dict[str, float], kept: Sequence) -> dict:
+    """Every scored constrained completion as a JSON line (task, request, completion, reward, original's reward, kept).
+
+    Returns:
+        per task: prompts, candidates, format-valid candidates, prompts kept.
+    """
+    by_uid = {p.uid: p for p in prompts}
+    kept_uids = {c.uid for c in kept}
+    per_task: dict[str, dict[str, int]] = {}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for s in scored:
+            p = by_uid[s.rollout.prompt_uid]
+            row = per_task.setdefault(p.task, {"prompts": 0, "candidates": 0, "format_ok": 0, "kept": 0})
+            row["candidates"] += 1
+            row["format_ok"] += s.status == "ok"
+            row["kept"] += s.rollout.uid in kept_uids
+            f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": s.rollout.completion,
+                                "status": s.status, "reward": s.reward, "original_reward": baseline.get(p.uid),
+                                "kept": s.rollout.uid in kept_uids}) + "\n")
+    for p in prompts:
+        per_task.setdefault(p.task, {"prompts": 0, "candidates": 0, "format_ok": 0, "kept": 0})["prompts"] += 1
+    return per_task
 
 
 def _fine_tune(model_dir: Path, kept: list, cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path) -> dict:
@@ -116,7 +148,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     model_dir = Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir))
     out_dir = warm_policy_dir(cfg)
     train, held = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.prompts, wcfg.heldout_prompts, wcfg.seed)
-    engine = make_engine(model_dir, cfg.actors.engine, cfg.model.dtype)
+    engine = make_engine(model_dir, warmup_engine_config(cfg, wcfg), cfg.model.dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     try:
         mark = time.perf_counter()
@@ -136,6 +168,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
                                 response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok")
                       for s in scored[len(originals):]]
         kept = select_best(candidates, baseline, margin=wcfg.margin)
+        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, scored[len(originals):], baseline, kept)
         log.info("warm-up: kept %d of %d prompts (%d candidates)", len(kept), len(train), len(candidates))
 
         mark = time.perf_counter()
@@ -158,7 +191,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
               "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),
-              "unavailable": sum(s.status == "unavailable" for s in scored),
+              "per_task": per_task, "unavailable": sum(s.status == "unavailable" for s in scored),
               **sft, "seconds": time.perf_counter() - t0, "stages_s": stages, "policy": str(out_dir),
               "base_model": str(model_dir), "cpu": describe_cpu(), "config": wcfg.model_dump()}
     (out_dir.parent / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))

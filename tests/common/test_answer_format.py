@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from deepretrieval.common.answer_format import AnswerFormat, FormatError, format_instruction, parse_answer
-from deepretrieval.common.answer_grammar import UNICODE_WHITESPACE, answer_regex
+from deepretrieval.common.answer_grammar import UNICODE_WHITESPACE, answer_regex, json_string_body_regex, plain_string_body_regex
 
 QUERY = AnswerFormat(key="query")
 SQL = AnswerFormat(key="sql")
@@ -156,17 +156,48 @@ def test_regex_accepts_exactly_what_the_parser_accepts(think):
     assert 0.2 * len(samples) < accepted < 0.8 * len(samples)
 
 
+_RAW_BODY = re.compile(r':[ \t\n\r]*"(.*)"[ \t\n\r]*\}[ \t\n\r]*</answer>', re.S)
+
+
+def _in_sampling_sublanguage(text: str, max_reasoning_chars: int) -> bool:
+    """`answer_regex(..., max_reasoning_chars)`'s documented language, from the parser's view."""
+    parsed = parse_answer(text, QUERY)
+    if not parsed.ok or "<" in parsed.reasoning or len(parsed.reasoning) > max_reasoning_chars:
+        return False
+    raw = _RAW_BODY.search(text).group(1)  # the JSON string body as written
+    return "<" not in raw and "\\u" not in raw.replace("\\\\", "") and not parsed.value[0].isspace()
+
+
 def test_bounded_regex_is_the_documented_sublanguage():
     pattern = re.compile(answer_regex(QUERY, max_reasoning_chars=12))
     rng = random.Random(99)
     matched = 0
-    for _ in range(1500):
+    for _ in range(6000):
         text = _random_completion(rng, "prefill")
-        parsed = parse_answer(text, QUERY)
-        in_sublanguage = parsed.ok and "<" not in parsed.reasoning and len(parsed.reasoning) <= 12
+        in_sublanguage = _in_sampling_sublanguage(text, 12)
         assert bool(pattern.fullmatch(text)) == in_sublanguage, text
         matched += in_sublanguage
     assert matched > 100
+    # Every body of the sampling grammar is a body of the parser's exact grammar.
+    exact, plain = re.compile(json_string_body_regex()), re.compile(plain_string_body_regex())
+    bodies = ["".join(rng.choice(_GOOD_VALUE_BITS + _BAD_VALUE_BITS) for _ in range(rng.randint(1, 5))) for _ in range(3000)]
+    in_plain = [b for b in bodies if plain.fullmatch(b)]
+    assert len(in_plain) > 100 and all(exact.fullmatch(b) for b in in_plain)
+
+
+def test_sampling_grammar_masks_fast():
+    """The sampling grammar's per-token mask stays cheap (the exact body's took ~20 ms per token on one core)."""
+    pytest.importorskip("xgrammar", reason="xgrammar (a vLLM dependency) is not installed")
+    from deepretrieval.actors.grammar_mask import import_xgrammar
+
+    xgrammar = import_xgrammar()
+    import xgrammar.testing as xgr_testing
+
+    grammar = xgrammar.Grammar.from_regex(answer_regex(QUERY, max_reasoning_chars=40))
+    for text, ok in [('short</think><answer>{"query": "a \\"b\\" <c"}</answer>', False),
+                     ('short</think><answer>{"query": "a \\"b\\" c"}</answer>', True),
+                     ('short</think><answer>{"query": " a"}</answer>', False)]:
+        assert xgr_testing._is_grammar_accept_string(grammar, text) == ok, text
 
 
 def test_xgrammar_reads_the_regex_the_same_way():
