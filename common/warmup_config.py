@@ -19,6 +19,7 @@ class WarmupConfig(StrictModel):
     samples_per_prompt: int = Field(8, ge=1, le=256, description="Grammar-constrained completions per prompt (G); the best one that beats the original is kept.")
     heldout_prompts: int = Field(48, ge=1, le=10_000, description="Train prompts kept out of fine-tuning, on which free-sampling format-ok is measured before and after.")
     margin: float = Field(0.0, ge=0.0, description="A kept completion's reward must exceed the original request's by more than this.")
+    keep_ties: bool = Field(False, description="Also keep a completion exactly as good as a request that already works as a query (positive reward): a format example that teaches nothing worse than the request. Never a tie with a failing request.")
     epochs: int = Field(3, ge=1, le=100, description="Passes over the kept completions.")
     batch_seqs: int = Field(16, ge=1, le=4096, description="Kept completions per SFT optimizer step.")
     lr: float = Field(5.0e-5, gt=0, le=1.0, description="SFT learning rate (AdamW, after the learner's warm-up steps).")

@@ -8,7 +8,8 @@ reward would be the format penalty and GRPO would get no gradient. The warm-up f
 3. sample G grammar-constrained completions per train prompt (actors' engine, answer regex);
 4. score them, and each request sent as is, with the run's rewarder (same backends, cache, rate
    limiter, retries and `rl.reward` / `rl.search.*` spans as training);
-5. keep per prompt the best completion that beats its original request (learner/sft.py);
+5. keep per prompt the best completion that beats its original request (learner/sft.py; with
+   `keep_ties`, also one exactly as good as a request that already works as a query);
 6. fine-tune on them with the learner's Trainer (`sft_step`: cross-entropy on completion tokens,
    tags included) and export the policy as a Hugging Face folder;
 7. load it into the engine and free-sample the held-out prompts again: `format_ok_after`.
@@ -167,7 +168,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         candidates = [Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
                                 response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok")
                       for s in scored[len(originals):]]
-        kept = select_best(candidates, baseline, margin=wcfg.margin)
+        kept = select_best(candidates, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties)
         per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, scored[len(originals):], baseline, kept)
         log.info("warm-up: kept %d of %d prompts (%d candidates)", len(kept), len(train), len(candidates))
 
@@ -187,7 +188,8 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     finally:
         engine.close()
     constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
-    report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept), "prompts": len(train),
+    report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept),
+              "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept), "prompts": len(train),
               "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),

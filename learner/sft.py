@@ -41,7 +41,8 @@ class Candidate:
     format_ok: bool
 
 
-def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], *, margin: float = 0.0) -> list[Candidate]:
+def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], *, margin: float = 0.0,
+                keep_ties: bool = False) -> list[Candidate]:
     """The rejection filter: per prompt, the highest-reward format-valid completion, if it beats the baseline.
 
     Args:
@@ -49,6 +50,9 @@ def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], 
         baseline: prompt uid -> reward of the original request used as the query. A prompt without
             a baseline (its search was unavailable) keeps nothing: "beats the original" is unknown.
         margin: a kept reward must exceed the baseline by more than this.
+        keep_ties: also keep a completion whose reward equals a positive baseline (the request
+            already works as a query, and the completion is exactly as good): a format example that
+            teaches nothing worse than the request. A tie with a baseline <= 0 is never kept.
 
     Returns:
         at most one candidate per prompt, in first-seen prompt order; ties go to the first seen.
@@ -57,7 +61,10 @@ def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], 
     for c in candidates:
         if not c.format_ok or c.reward is None or c.prompt_uid not in baseline:
             continue
-        if c.reward <= baseline[c.prompt_uid] + margin:
+        base = baseline[c.prompt_uid]
+        beats = c.reward > base + margin
+        ties = keep_ties and base > 0 and c.reward >= base
+        if not (beats or ties):
             continue
         held = best.get(c.prompt_uid)
         if held is None or c.reward > held.reward:  # type: ignore[operator]

@@ -31,6 +31,19 @@ def test_rejection_filter_keeps_the_best_that_beats_the_original_at_most_one_per
     assert [c.uid for c in select_best(candidates, baseline, margin=0.35)] == ["i"]  # 0.9 - 0.6 = 0.3 <= 0.35
 
 
+def test_keep_ties_adds_completions_as_good_as_a_working_request_only():
+    candidates = [
+        _c("p1", "a", 0.3), _c("p1", "b", 0.5),    # b beats: preferred over the tie
+        _c("p2", "c", 0.3), _c("p2", "d", 0.3),    # tie with a positive baseline: first kept
+        _c("p3", "e", -2.5),                       # tie with a failing request: never kept
+        _c("p4", "f", 0.0),                        # tie at 0 (the request finds nothing): not kept
+        _c("p5", "g", 0.2),                        # below the baseline: not kept
+    ]
+    baseline = {"p1": 0.3, "p2": 0.3, "p3": -2.5, "p4": 0.0, "p5": 0.4}
+    assert [c.uid for c in select_best(candidates, baseline)] == ["b"]
+    assert [c.uid for c in select_best(candidates, baseline, keep_ties=True)] == ["b", "c"]
+
+
 def test_sft_loss_is_the_token_mean_nll_and_its_gradient_is_minus_one_over_tokens():
     # Two sequences, 3 real tokens in all: Σ log p = -1 - 2 - 0.5 = -3.5, so the loss is 3.5 / 3.
     logprobs = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
