@@ -35,3 +35,12 @@ class HFEngineConfig(StrictModel):
 
 EngineConfig = Annotated[VLLMEngineConfig | HFEngineConfig, Field(discriminator="type")]
 """A generation engine config, chosen by `type`."""
+
+
+def on_cores(config: VLLMEngineConfig | HFEngineConfig, cores: str) -> VLLMEngineConfig | HFEngineConfig:
+    """`config` bound to `cores` (vLLM on CPU: `cpu_threads_bind`); other engines unchanged.
+
+    For engines that run alone (the warm-up, the evaluations before and after training): they may
+    take every core, while the run's actors keep the binding that leaves a core to the learner.
+    """
+    return config.model_copy(update={"cpu_threads_bind": cores}) if isinstance(config, VLLMEngineConfig) else config

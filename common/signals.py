@@ -43,3 +43,27 @@ def keep_sigsegv_handler() -> Iterator[None]:
         yield
     finally:
         libc.sigaction(signal.SIGSEGV, ctypes.byref(saved), None)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt in the main thread, as Ctrl-C does.
+
+    `kill PID` (a scheduler, `timeout`, a container stop) then unwinds the same way as Ctrl-C: the
+    run checkpoints and every `with` block stops what it started (the private redis-server, managed
+    emulators, engines) instead of leaving them orphaned. Outside the main thread it does nothing.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

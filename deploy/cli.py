@@ -13,6 +13,7 @@ import logging
 import sys
 
 from deepretrieval.common.errors import DeepRetrievalError
+from deepretrieval.common.signals import terminate_as_interrupt
 
 # Explicit registry: command modules, in the order `--help` lists them. Nothing registers itself.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "log_level", "INFO"))
     try:
-        return int(args.func(args) or 0)
+        with terminate_as_interrupt():  # `kill PID` unwinds like Ctrl-C: services stop, nothing is orphaned
+            return int(args.func(args) or 0)
     except DeepRetrievalError as e:
         print(f"deepretrieval {args.command}: error: {e}", file=sys.stderr)
         return 2

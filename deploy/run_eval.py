@@ -70,6 +70,7 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path) -> dict:
     from transformers import AutoTokenizer
 
     from deepretrieval.actors.engines import make_engine
+    from deepretrieval.common.engine_config import on_cores
     from deepretrieval.common.prompt_book import PromptBook
     from deepretrieval.common.sampling import SamplingConfig
     from deepretrieval.deploy.rollout_scoring import original_rollout, sample_rollouts, score_rollouts, task_specs
@@ -77,7 +78,7 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path) -> dict:
     spec = task_specs(cfg)[t.task]
     prompts = sorted(PromptBook.from_files([cfg.run_dir / "prompts" / t.task / f"{t.eval_split}.jsonl"]), key=lambda p: p.uid)
     prompts = prompts[: t.eval_max_queries] if t.eval_max_queries else prompts
-    engine = make_engine(model_dir, cfg.actors.engine, cfg.model.dtype)
+    engine = make_engine(model_dir, on_cores(cfg.actors.engine, "all"), cfg.model.dtype)  # like the BEIR path's engine
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         params = SamplingConfig(n=1, temperature=spec.eval_temperature, max_new_tokens=cfg.sampling.max_new_tokens, stop=spec.answer.stop)

@@ -59,12 +59,6 @@ def split_prompts(prompts: Sequence[Prompt], n_train: int, n_heldout: int, seed:
     return order[n_heldout:n_heldout + n_train], held
 
 
-def warmup_engine_config(cfg: TrainConfig, wcfg: WarmupConfig):
-    """The actors' engine config, bound to the warm-up's cores (vLLM on CPU; other engines unchanged)."""
-    engine = cfg.actors.engine
-    return engine.model_copy(update={"cpu_threads_bind": wcfg.cpu_threads_bind}) if hasattr(engine, "cpu_threads_bind") else engine
-
-
 def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig) -> float:
     """Share of held-out prompts whose free-sampled completion (task temperature, no grammar) parses."""
     specs = task_specs(cfg)
@@ -137,6 +131,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     from transformers import AutoTokenizer
 
     from deepretrieval.actors.engines import make_engine
+    from deepretrieval.common.engine_config import on_cores
     from deepretrieval.common.hardware import describe_cpu
     from deepretrieval.common.model_fetch import resolve_model
     from deepretrieval.common.prompt_book import PromptBook
@@ -149,7 +144,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     model_dir = Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir))
     out_dir = warm_policy_dir(cfg)
     train, held = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.prompts, wcfg.heldout_prompts, wcfg.seed)
-    engine = make_engine(model_dir, warmup_engine_config(cfg, wcfg), cfg.model.dtype)
+    engine = make_engine(model_dir, on_cores(cfg.actors.engine, wcfg.cpu_threads_bind), cfg.model.dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     try:
         mark = time.perf_counter()
