@@ -128,6 +128,44 @@ def test_penalize_blocks_every_process_including_those_already_waiting(redis_url
     asyncio.run(main())
 
 
+def test_bursts_of_429s_delay_the_schedule_once_per_block(redis_url):
+    """30 waiters at 10/s; three bursts of five Retry-After: 0.5 s. Each burst shifts the schedule by
+    one block (not once per 429, not once per waiter), no grant falls inside a block, and the pace
+    holds. (Slots follow reservation order, which concurrent Redis connections may permute.)"""
+    async def main() -> tuple[list[tuple[int, float]], list[tuple[float, float]], float]:
+        client = aredis.Redis.from_url(redis_url)
+        limiter = RateLimiter(client, rate_per_s=10.0, jitter_s=0.0)
+        granted: list[tuple[int, float]] = []
+        blocks: list[tuple[float, float]] = []
+
+        async def waiter(i: int) -> None:
+            await limiter.acquire(KEY)
+            granted.append((i, time.monotonic()))
+
+        t0 = time.monotonic()
+        tasks = []
+        for i in range(30):
+            tasks.append(asyncio.create_task(waiter(i)))
+            await asyncio.sleep(0.001)  # reserve in index order
+        for at in (0.2, 0.9, 1.6):
+            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+            start = time.monotonic()
+            for _ in range(5):
+                await limiter.penalize(KEY, 0.5)
+            blocks.append((start, start + 0.5))
+        await asyncio.gather(*tasks)
+        await client.aclose()
+        return granted, blocks, time.monotonic() - t0
+
+    granted, blocks, elapsed = asyncio.run(main())
+    assert sorted(i for i, _ in granted) == list(range(30))
+    assert 3.0 + 1.5 - 0.2 <= elapsed <= 3.0 + 1.5 + 0.6, elapsed  # 30 slots at 10/s, plus three 0.5-s shifts
+    for _, at in granted:
+        assert not any(a + 0.01 < at < b - 0.01 for a, b in blocks), (at, blocks)
+    stamps = sorted(t for _, t in granted)
+    assert min(b - a for a, b in zip(stamps, stamps[1:])) >= 0.09  # 10/s, burst 1
+
+
 def test_api_keys_never_reach_redis_in_clear(redis_url):
     async def main() -> list[bytes]:
         client = aredis.Redis.from_url(redis_url)
@@ -139,7 +177,7 @@ def test_api_keys_never_reach_redis_in_clear(redis_url):
         return keys
 
     keys = asyncio.run(main())
-    assert len(keys) == 2 and not any(b"SECRET" in k for k in keys)
+    assert len(keys) == 3 and not any(b"SECRET" in k for k in keys)  # TAT, blocked-until, schedule shift
 
 
 def test_arguments_are_checked(redis_url):
