@@ -7,11 +7,8 @@ they are sent, never sent and refused, and waiters are served in arrival order w
 
 Any 1-s window then holds at most `burst + rate_per_s` request starts; see `RateLimitConfig` for
 why the defaults are burst=1 and 90% of the server's limit. `penalize` records a Retry-After
-"blocked until" time that the script honours for every process, and shifts the whole schedule
-(the bucket's TAT and every slot already reserved) later by as much as the block grew. A waiter
-that finds the schedule shifted while it slept sleeps the shift and goes, keeping its place in
-line: nobody re-reserves, so a burst of 429s costs the pace its Retry-After once, not once per
-waiter (re-reserving put every waiter behind the others and stacked void slots onto the TAT).
+"blocked until" time that the script honours for every process; a waiter whose reserved slot
+falls inside a block re-reserves a slot after it.
 """
 
 from __future__ import annotations
@@ -27,9 +24,9 @@ from deepretrieval.common.config_pipeline import RateLimitConfig
 
 logger = logging.getLogger(__name__)
 
-# KEYS[1] TAT key, KEYS[2] blocked-until key, KEYS[3] schedule-shift key; ARGV[1] interval_s
-# (1/rate), ARGV[2] burst, ARGV[3] tokens. Reserves the slot and returns "<seconds to wait before
-# using it> <schedule shift so far>" (strings: Lua numbers are truncated to integers on return).
+# KEYS[1] TAT key, KEYS[2] blocked-until key; ARGV[1] interval_s (1/rate), ARGV[2] burst,
+# ARGV[3] tokens. Reserves the slot and returns the seconds to wait before using it (a string:
+# Lua numbers are truncated to integers on return).
 _RESERVE_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -38,36 +35,24 @@ local burst = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local blocked = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-local shift = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
 local new_tat = math.max(tat, now, blocked) + tokens * interval
 local send_at = math.max(new_tat - burst * interval, now, blocked)
 local ttl_ms = math.ceil((new_tat - now) * 1000) + 1000
 redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', ttl_ms)
-return string.format('%.6f %.6f', send_at - now, shift)
+return string.format('%.6f', send_at - now)
 """
 
-# KEYS as above; ARGV[1] seconds (0 = only read). Blocks until now + seconds unless already
-# blocked longer; by as much as the block grew, moves the TAT (every reserved slot) and the shift
-# counter later. Returns "<seconds still blocked> <schedule shift so far>".
+# KEYS[1] blocked-until key; ARGV[1] seconds (0 = only read). Returns the seconds still blocked.
 _BLOCK_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local blocked = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
-local shift = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+local blocked = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local seconds = tonumber(ARGV[1])
 if seconds > 0 and now + seconds > blocked then
-  local grew = now + seconds - math.max(blocked, now)
   blocked = now + seconds
-  redis.call('SET', KEYS[2], string.format('%.6f', blocked), 'PX', math.ceil(seconds * 1000) + 1000)
-  local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-  if tat > now then
-    local new_tat = tat + grew
-    redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
-  end
-  shift = shift + grew
-  redis.call('SET', KEYS[3], string.format('%.6f', shift), 'PX', 86400000)
+  redis.call('SET', KEYS[1], string.format('%.6f', blocked), 'PX', math.ceil(seconds * 1000) + 1000)
 end
-return string.format('%.6f %.6f', math.max(blocked - now, 0), shift)
+return string.format('%.6f', math.max(blocked - now, 0))
 """
 
 
@@ -107,11 +92,7 @@ class RateLimiter:
     def _keys(self, key: str) -> list[str]:
         # Keys may be API keys: only a digest goes to Redis, where KEYS/MONITOR would show it.
         digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        return [f"{self._namespace}:{digest}:tat", f"{self._namespace}:{digest}:blocked", f"{self._namespace}:{digest}:shift"]
-
-    async def _blocked_and_shift(self, keys: list[str], seconds: float = 0.0) -> tuple[float, float]:
-        blocked, shift = (await self._block(keys=keys, args=[repr(float(seconds))])).split()
-        return float(blocked), float(shift)
+        return [f"{self._namespace}:{digest}:tat", f"{self._namespace}:{digest}:blocked"]
 
     async def acquire(self, key: str, tokens: int = 1) -> float:
         """Wait until `tokens` requests may be sent for `key`, cluster-wide.
@@ -131,13 +112,14 @@ class RateLimiter:
         keys = self._keys(key)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        wait_s, shift = map(float, (await self._reserve(keys=keys, args=[repr(1.0 / self.rate_per_s), self.burst, tokens])).split())
-        while wait_s > 0:
+        while True:
+            wait_s = float(await self._reserve(keys=keys, args=[repr(1.0 / self.rate_per_s), self.burst, tokens]))
+            if wait_s <= 0:
+                return loop.time() - started
             await asyncio.sleep(wait_s + random.uniform(0.0, self._jitter_s))
-            # A penalty while we slept moved our slot later by the shift since we reserved it.
-            _, now_shift = await self._blocked_and_shift(keys)
-            wait_s, shift = now_shift - shift, now_shift
-        return loop.time() - started
+            # A penalty set while we slept voids our slot: reserve again, after the block.
+            if float(await self._block(keys=keys[1:], args=[0])) <= 0:
+                return loop.time() - started
 
     async def penalize(self, key: str, seconds: float) -> None:
         """Block every process from sending for `key` during the next `seconds` (a Retry-After).
@@ -150,9 +132,9 @@ class RateLimiter:
         """
         if seconds <= 0:
             return
-        await self._blocked_and_shift(self._keys(key), seconds)
+        await self._block(keys=self._keys(key)[1:], args=[repr(float(seconds))])
         logger.info("rate limit: requests blocked for %.3f s after a Retry-After", seconds)
 
     async def blocked_for(self, key: str) -> float:
         """Seconds `key` stays blocked by a penalty (0 when not blocked)."""
-        return (await self._blocked_and_shift(self._keys(key)))[0]
+        return float(await self._block(keys=self._keys(key)[1:], args=[0]))
