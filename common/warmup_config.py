@@ -18,6 +18,7 @@ class WarmupConfig(StrictModel):
     prompts: int = Field(128, ge=1, le=100_000, description="Train prompts sampled for fine-tuning candidates (spread over the run's tasks).")
     samples_per_prompt: int = Field(8, ge=1, le=256, description="Grammar-constrained completions per prompt (G); the best one that beats the original is kept.")
     heldout_prompts: int = Field(48, ge=1, le=10_000, description="Train prompts kept out of fine-tuning, on which free-sampling format-ok is measured before and after.")
+    format_samples: int = Field(1, ge=1, le=64, description="Free-sampled completions per held-out prompt behind format_ok_before/after: more draws, less noise (one draw on 32 prompts moves by about 0.06).")
     margin: float = Field(0.0, ge=0.0, description="A kept completion's reward must exceed the original request's by more than this.")
     keep_ties: bool = Field(False, description="Also keep a completion exactly as good as a request that already works as a query (positive reward): a format example that teaches nothing worse than the request. Never a tie with a failing request.")
     epochs: int = Field(3, ge=1, le=100, description="Passes over the kept completions.")

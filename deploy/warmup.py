@@ -59,12 +59,13 @@ def split_prompts(prompts: Sequence[Prompt], n_train: int, n_heldout: int, seed:
     return order[n_heldout:n_heldout + n_train], held
 
 
-def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig) -> float:
-    """Share of held-out prompts whose free-sampled completion (task temperature, no grammar) parses."""
+def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, samples: int = 1) -> float:
+    """Share of free-sampled completions (task temperature, no grammar) that parse: `samples` per held-out prompt."""
     specs = task_specs(cfg)
-    rollouts = sample_rollouts(engine, tokenizer, prompts, cfg.sampling.model_copy(update={"n": 1}), batch_prompts=cfg.warmup.batch_prompts)
-    ok = sum(parse_answer(r.completion, specs[p.task].answer).ok for p, r in zip(prompts, rollouts))
-    return ok / max(1, len(prompts))
+    rollouts = sample_rollouts(engine, tokenizer, prompts, cfg.sampling.model_copy(update={"n": samples}), batch_prompts=cfg.warmup.batch_prompts)
+    by_uid = {p.uid: p for p in prompts}
+    ok = sum(parse_answer(r.completion, specs[by_uid[r.prompt_uid].task].answer).ok for r in rollouts)
+    return ok / max(1, len(rollouts))
 
 
 def _constrained_rollouts(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, wcfg: WarmupConfig) -> list[Rollout]:
@@ -148,7 +149,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     try:
         mark = time.perf_counter()
-        before = format_ok_share(engine, tokenizer, held, cfg)
+        before = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
         stages["format_before_s"] = time.perf_counter() - mark
         log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
 
@@ -178,7 +179,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
 
         mark = time.perf_counter()
         engine.load_weights(out_dir, 1)
-        after = format_ok_share(engine, tokenizer, held, cfg)
+        after = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
         stages["format_after_s"] = time.perf_counter() - mark
     finally:
         engine.close()
