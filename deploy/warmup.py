@@ -85,19 +85,19 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], scored: Sequence, ba
     by_uid = {p.uid: p for p in prompts}
     kept_uids = {c.uid for c in kept}
     per_task: dict[str, dict[str, int]] = {}
+    for p in prompts:
+        per_task.setdefault(p.task, {"prompts": 0, "candidates": 0, "format_ok": 0, "kept": 0})["prompts"] += 1
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for s in scored:
             p = by_uid[s.rollout.prompt_uid]
-            row = per_task.setdefault(p.task, {"prompts": 0, "candidates": 0, "format_ok": 0, "kept": 0})
+            row = per_task[p.task]
             row["candidates"] += 1
             row["format_ok"] += s.status == "ok"
             row["kept"] += s.rollout.uid in kept_uids
             f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": s.rollout.completion,
                                 "status": s.status, "reward": s.reward, "original_reward": baseline.get(p.uid),
                                 "kept": s.rollout.uid in kept_uids}) + "\n")
-    for p in prompts:
-        per_task.setdefault(p.task, {"prompts": 0, "candidates": 0, "format_ok": 0, "kept": 0})["prompts"] += 1
     return per_task
 
 
