@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from deepretrieval.common.answer_format import AnswerFormat, format_instruction
 from deepretrieval.common.config import StrictModel, validate_config
 from deepretrieval.common.errors import ConfigError
+from deepretrieval.common.query_composition import EXPANDABLE_BACKENDS, QueryComposition
 from deepretrieval.common.reward_config import (
     AnswerRankRewardConfig,
     ExecutionRewardConfig,
@@ -74,6 +75,7 @@ class TaskSpec(StrictModel):
     eval_temperature: float = Field(0.0, ge=0, le=2, description="Temperature in validation (0 = greedy, as the paper).")
     max_new_tokens: int = Field(512, ge=1, le=32768, description="Generation limit per completion (TASKS.md §1: 512).")
     reward: RewardConfig = Field(description="Format term + outcome term, chosen by `type`.")
+    query: QueryComposition = Field(default_factory=QueryComposition, description="How the answer's query becomes the search query (rewrite, or expand the request).")
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
@@ -85,6 +87,9 @@ class TaskSpec(StrictModel):
             )
         if not is_sql[0] and (self.k_train is None or self.k_eval is None):
             raise ValueError(f"k_train and k_eval are required for backend {self.backend!r}")
+        if self.query.mode == "expand" and self.backend not in EXPANDABLE_BACKENDS:
+            raise ValueError(f"query.mode 'expand' needs a bag-of-words backend ({', '.join(sorted(EXPANDABLE_BACKENDS))}); "
+                             f"backend {self.backend!r} would read the request's words as part of its query syntax")
         return self
 
     @property

@@ -86,6 +86,11 @@ class SamplingParams:
             set_frozen(self, name, check(getattr(self, name), f"sampling.{name}"))
 
 
+#: `Rollout.engine` of the request sent as is (the baseline a rewrite must beat): scored without
+#: query composition, so an expanding task compares the policy with the bare request.
+ORIGINAL_ENGINE = "original"
+
+
 @dataclass(frozen=True, eq=False)
 class Rollout:
     """One sampled completion of a prompt, with what the learner needs for importance weights.

@@ -7,7 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-from deepretrieval.common.errors import DatasetError
+from deepretrieval.common.config import validate_config
+from deepretrieval.common.errors import ConfigError, DatasetError
+from deepretrieval.common.query_composition import QueryComposition
 from deepretrieval.deploy.cli_args import add_common_args, paths_from_args
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=None, help="task whose prompt/answer format the rewriter uses (default: sparse for bm25, dense for dense)")
     p.add_argument("--temperature", type=float, default=None, help="rewriter temperature (default: the task's eval temperature, 0 = greedy)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="rewriter generation cap (default: the task's)")
+    p.add_argument("--query-mode", choices=["rewrite", "expand"], default=None,
+                   help="how a rewrite becomes the search query: alone (rewrite) or appended to the request (expand); "
+                        "use the mode the policy was trained with (default: the task's, rewrite)")
+    p.add_argument("--original-repeats", type=int, default=None,
+                   help="expand: times the request is repeated before the rewrite (default 2)")
     p.add_argument("--rewrites-out", type=Path, default=None, help="write every rewrite (query, reasoning, format error) as JSONL here")
     p.add_argument("--json", type=Path, default=None, dest="json_out", help="write the report as JSON here")
     add_common_args(p)
@@ -72,6 +79,20 @@ def parse_rewriters(values: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
+def composition_from_args(args: argparse.Namespace) -> QueryComposition | None:
+    """The query composition `--query-mode` / `--original-repeats` ask for; None = the task's own."""
+    if args.query_mode is None:
+        if args.original_repeats is not None:
+            raise ConfigError("--original-repeats needs --query-mode expand")
+        return None
+    fields = {"mode": args.query_mode}
+    if args.original_repeats is not None:
+        if args.query_mode != "expand":
+            raise ConfigError("--original-repeats needs --query-mode expand")
+        fields["original_repeats"] = args.original_repeats
+    return validate_config(QueryComposition, fields, source="--query-mode/--original-repeats")
+
+
 def run(args: argparse.Namespace) -> int:
     from deepretrieval.common.config import BM25Config
     from deepretrieval.common.datasets import BeirDataset
@@ -100,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
         from deepretrieval.deploy.evaluation import rewrite_with_policy
 
         task = args.task or ("dense" if args.retriever == "dense" else "sparse")
+        composition = composition_from_args(args)
         for label, path in rewriters:
             model_dir = Path(resolve_model(str(path), paths.models_dir))
             out = args.rewrites_out.with_name(f"{args.rewrites_out.stem}-{label}{args.rewrites_out.suffix}") if args.rewrites_out and len(rewriters) > 1 else args.rewrites_out
             rewritten, fallback, stats = rewrite_with_policy(model_dir, task, queries, engine=args.engine, temperature=args.temperature,
-                                                             max_new_tokens=args.max_new_tokens, rewrites_out=out)
+                                                             max_new_tokens=args.max_new_tokens, rewrites_out=out,
+                                                             composition=composition)
             query_sets[label] = rewritten
             query_sets[f"{label}+fallback"] = fallback
             if len(rewriters) == 1:

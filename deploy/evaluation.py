@@ -7,16 +7,20 @@ import time
 from pathlib import Path
 
 from deepretrieval.common.engine_config import HFEngineConfig, VLLMEngineConfig
+from deepretrieval.common.query_composition import QueryComposition
 
 
 def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str], *, engine: str = "vllm",
                         temperature: float | None = None, max_new_tokens: int | None = None,
-                        rewrites_out: Path | None = None) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
-    """Rewrite every query once with the policy in `model_dir`.
+                        rewrites_out: Path | None = None, composition: QueryComposition | None = None) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
+    """Rewrite every query once with the policy in `model_dir`; return the queries to search.
+
+    `composition` (default: the task's own `query`) turns each rewrite into the search query: the
+    rewrite alone, or the request expanded by it.
 
     Returns:
-        (strict rewrites: "" where the format broke, rewrites with the original query standing in
-        for broken ones, stats: format-broken share, error counts, seconds).
+        (strict search queries: "" where the format broke, search queries with the original query
+        standing in for broken ones, stats: format-broken share, error counts, query mode, seconds).
     """
     from transformers import AutoTokenizer
 
@@ -39,13 +43,16 @@ def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str]
             for qid, rw in rewrites.items():
                 f.write(json.dumps({"_id": qid, "original": queries[qid], "query": rw.query, "error": rw.error,
                                     "reasoning": rw.reasoning, "completion": rw.completion}, ensure_ascii=False) + "\n")
-    strict = {q: rw.query or "" for q, rw in rewrites.items()}
-    fallback = {q: rw.query or queries[q] for q, rw in rewrites.items()}
+    compose = composition or task.query
+    searched = {q: compose.compose(queries[q], rw.query) for q, rw in rewrites.items() if rw.query is not None}
+    strict = {q: searched.get(q, "") for q in rewrites}
+    fallback = {q: searched.get(q, queries[q]) for q in rewrites}
     errors: dict[str, int] = {}
     for rw in rewrites.values():
         if rw.error:
             errors[rw.error] = errors.get(rw.error, 0) + 1
-    stats = {"rewriter": str(model_dir), "engine": engine, "task": task.name, "rewrite_seconds": round(seconds, 2),
+    stats = {"rewriter": str(model_dir), "engine": engine, "task": task.name, "query_mode": compose.mode,
+             **({"original_repeats": compose.original_repeats} if compose.mode == "expand" else {}), "rewrite_seconds": round(seconds, 2),
              "format_broken_share": sum(rw.query is None for rw in rewrites.values()) / max(1, len(rewrites)),
              "format_errors": errors}
     return strict, fallback, stats

@@ -15,7 +15,7 @@ from deepretrieval.common.answer_format import render_answer
 from deepretrieval.common.errors import BackendUnavailable
 from deepretrieval.common.sampling import SamplingConfig
 from deepretrieval.common.train_config import TrainConfig
-from deepretrieval.common.wire import Prompt, Rollout, SamplingParams, Scored
+from deepretrieval.common.wire import ORIGINAL_ENGINE, Prompt, Rollout, SamplingParams, Scored
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def original_rollout(prompt: Prompt, tokenizer, cfg: TrainConfig) -> Rollout:
     return Rollout(uid=f"original-{prompt.uid}", group_id=f"original-{prompt.uid}", prompt_uid=prompt.uid, policy_version=0,
                    prompt_token_ids=[0], response_token_ids=ids, logprobs=[0.0] * len(ids),
                    sampling=SamplingParams(0.0, 1.0, cfg.sampling.max_new_tokens, False), finish_reason="stop",
-                   completion=text, engine="original", created_at=time.time())
+                   completion=text, engine=ORIGINAL_ENGINE, created_at=time.time())
 
 
 async def score_rollouts(cfg: TrainConfig, rollouts: Sequence[Rollout], split_of: str = "train_split", *,

@@ -26,9 +26,11 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
         "format_broken_share": ..., "queries": n} (or {"skipped": reason}).
     """
     from deepretrieval.deploy.evaluation import rewrite_with_policy
+    from deepretrieval.deploy.rollout_scoring import task_specs
     from deepretrieval.rewarders.retrieval import evaluate_query_sets, open_retriever
 
     out: dict[str, dict] = {}
+    specs = task_specs(cfg)
     for t in cfg.tasks:
         if t.eval_split is None:
             continue
@@ -45,12 +47,13 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
         keep = sorted(queries)[: t.eval_max_queries] if t.eval_max_queries else sorted(queries)
         queries, qrels = {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}
         strict, fallback, stats = rewrite_with_policy(model_dir, t.task, queries, engine=cfg.actors.engine.type,
-                                                      max_new_tokens=cfg.sampling.max_new_tokens)
+                                                      max_new_tokens=cfg.sampling.max_new_tokens, composition=specs[t.task].query)
         backend = BeirDataset.open(t.backend.dataset, cfg.paths.data_root)
         retriever = open_retriever(backend, cfg.paths.index_dir, t.backend.type,
                                    bm25=getattr(t.backend, "bm25", None), dense=getattr(t.backend, "dense", None))
         means, _, _ = evaluate_query_sets(retriever, qrels, {"original": queries, "rewritten": strict, "rewritten+fallback": fallback})
         out[t.task] = {"metrics": means, "queries": len(queries), "format_broken_share": stats["format_broken_share"],
+                       "query_mode": stats["query_mode"],
                        "split": t.eval_split, "policy": str(model_dir)}
         log.info("%s eval (%s): nDCG@10 original %.4f, rewritten %.4f, format broken %.0f%%", label, t.task,
                  means["original"]["ndcg@10"], means["rewritten"]["ndcg@10"], 100 * stats["format_broken_share"])

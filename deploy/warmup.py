@@ -101,21 +101,22 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], scored: Sequence, ba
     return per_task
 
 
-def _fine_tune(model_dir: Path, kept: list, cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path) -> dict:
-    """SFT on the kept completions with the learner's Trainer; exports to `out_dir`."""
-    from deepretrieval.learner.sft import sft_samples
+def _fine_tune(model_dir: Path, kept: list, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path) -> dict:
+    """SFT on the kept completions (task_of: prompt uid -> task) with the learner's Trainer; exports to `out_dir`."""
+    from deepretrieval.learner.sft import epoch_order, sft_samples
     from deepretrieval.learner.trainer import Trainer
 
     lcfg = cfg.learner.model_copy(update={"optim": cfg.learner.optim.model_copy(update={"lr": wcfg.lr}),
                                           "loss": cfg.learner.loss.model_copy(update={"kl_coef": 0.0})})
     trainer = Trainer.from_pretrained(model_dir, lcfg)
     samples = sft_samples(kept)
+    groups = [task_of[c.prompt_uid] for c in kept]
     rng = random.Random(wcfg.seed)
     losses: list[float] = []
     for _ in range(wcfg.epochs):
-        rng.shuffle(samples)
-        for start in range(0, len(samples), wcfg.batch_seqs):
-            m = trainer.sft_step(samples[start:start + wcfg.batch_seqs])
+        epoch = [samples[i] for i in epoch_order(groups, rng, balance=wcfg.balance_tasks)]
+        for start in range(0, len(epoch), wcfg.batch_seqs):
+            m = trainer.sft_step(epoch[start:start + wcfg.batch_seqs])
             losses.append(m["loss"])
             log.info("warm-up SFT step %d: nll %.4f", trainer.step, m["loss"])
     trainer.export_safetensors(out_dir)
@@ -169,7 +170,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         log.info("warm-up: kept %d of %d prompts (%d candidates)", len(kept), len(train), len(candidates))
 
         mark = time.perf_counter()
-        sft = _fine_tune(model_dir, kept, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
+        sft = _fine_tune(model_dir, kept, {p.uid: p.task for p in train}, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
         if not kept:
             log.warning("warm-up: no completion beat its original request; the policy is exported unchanged")
             import shutil

@@ -11,6 +11,7 @@ Shapes: B sequences, T response positions (right-padded).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -70,6 +71,43 @@ def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], 
         if held is None or c.reward > held.reward:  # type: ignore[operator]
             best[c.prompt_uid] = c
     return list(best.values())
+
+
+def epoch_order(groups: Sequence[str], rng: random.Random, *, balance: bool = False) -> list[int]:
+    """The sample indices of one SFT epoch, shuffled: every sample once, or as many split evenly by group.
+
+    Args:
+        groups: each kept sample's group (its task).
+        rng: the seeded shuffle.
+        balance: give every group the same share of the epoch's len(groups) slots; a group with
+            fewer samples than its share repeats them (a fresh shuffle per pass), one with more
+            contributes a fresh subset each epoch. Unbalanced, a task with a third of the kept
+            completions gets a third of the gradient, however badly it needs the format.
+
+    Returns:
+        len(groups) indices into `groups`.
+    """
+    n = len(groups)
+    if not balance or n == 0:
+        order = list(range(n))
+        rng.shuffle(order)
+        return order
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    names = sorted(members)
+    base, extra = divmod(n, len(names))
+    order = []
+    for rank, name in enumerate(names):
+        share = base + (rank < extra)
+        picked: list[int] = []
+        while len(picked) < share:
+            one_pass = list(members[name])
+            rng.shuffle(one_pass)
+            picked.extend(one_pass)
+        order.extend(picked[:share])
+    rng.shuffle(order)
+    return order
 
 
 def sft_samples(kept: Sequence[Candidate]) -> list[TrainSample]:

@@ -27,7 +27,7 @@ from deepretrieval.common.run_config import RewarderConfig
 from deepretrieval.common.streams import rollouts_stream, scored_stream
 from deepretrieval.common.tasks import TaskSpec
 from deepretrieval.common.telemetry import extract_context
-from deepretrieval.common.wire import Rollout, Scored
+from deepretrieval.common.wire import ORIGINAL_ENGINE, Rollout, Scored
 from deepretrieval.rewarders.base import SearchBackend
 from deepretrieval.rewarders.rewards import Reward
 from deepretrieval.rewarders.scoring import score_completion
@@ -122,7 +122,8 @@ class Rewarder:
         t0 = time.perf_counter()
         try:
             out = await score_completion(rollout.completion, task=runtime.spec, target=self._prompts.target(prompt),
-                                         backend=runtime.backend, k=runtime.k, passages=runtime.passages)
+                                         backend=runtime.backend, k=runtime.k, passages=runtime.passages,
+                                         request=prompt.request, as_is=rollout.engine == ORIGINAL_ENGINE)
         except DeepRetrievalError as e:
             log.warning("scoring %s failed: %s", rollout.uid, e)
             return self._scored(rollout, Reward.unavailable("scoring_error", str(e)), None, None, runtime.backend.name, runtime.backend.version)

@@ -47,6 +47,8 @@ async def score_completion(
     backend: SearchBackend,
     k: int | None = None,
     passages: Mapping[str, str] | None = None,
+    request: str | None = None,
+    as_is: bool = False,
 ) -> ScoredCompletion:
     """Parse a completion, run its query on `backend` and score the answer with `task.reward`.
 
@@ -57,6 +59,10 @@ async def score_completion(
         backend: the engine; a `SqlBackend` for the sql task.
         k: results to fetch; default `task.k_train`.
         passages: doc id -> passage text, needed by the qa task when the target has answer strings.
+        request: the request the completion answers; `task.query` composes the search query from
+            it and the answer's query (needed when the task expands the request).
+        as_is: search the answer's query alone whatever `task.query` says (the request itself,
+            scored as the baseline a rewrite has to beat).
 
     Returns:
         The parse and the Reward (`ok`, `invalid`, or `unavailable` with reward None).
@@ -74,8 +80,14 @@ async def score_completion(
     k = k if k is not None else task.k_train
     if k is None:
         raise ConfigError(f"task {task.name!r}: k is needed for backend {task.backend!r}; set k_train or pass k")
+    if as_is or task.query.mode == "rewrite":
+        search_query = parsed.value
+    elif request is None:
+        raise ConfigError(f"task {task.name!r} expands the request (query.mode 'expand'); pass request=")
+    else:
+        search_query = task.query.compose(request, parsed.value)
     try:
-        result = await backend.search(parsed.value, k)
+        result = await backend.search(search_query, k)
     except QuerySyntaxError as e:
         return ScoredCompletion(parsed, invalid_reward(cfg, "query_syntax", str(e)))
     except BackendUnavailable as e:

@@ -81,3 +81,34 @@ def test_sft_steps_raise_the_likelihood_of_the_kept_completions(tiny_model):
     for _ in range(4):
         trainer.sft_step(samples)
     assert nll() < before - 0.5
+
+
+def test_epoch_order_unbalanced_is_a_shuffle_of_every_sample():
+    import random
+
+    from deepretrieval.learner.sft import epoch_order
+
+    groups = ["pubmed"] * 2 + ["sparse"] * 6
+    order = epoch_order(groups, random.Random(0))
+    assert sorted(order) == list(range(8))
+
+
+def test_epoch_order_balanced_gives_each_task_an_equal_share():
+    import random
+    from collections import Counter
+
+    from deepretrieval.learner.sft import epoch_order
+
+    groups = ["pubmed"] * 2 + ["sparse"] * 7 + ["ctgov"] * 3
+    rng = random.Random(1)
+    seen_sparse: set[int] = set()
+    for _ in range(6):
+        order = epoch_order(groups, rng, balance=True)
+        assert len(order) == 12
+        assert Counter(groups[i] for i in order) == {"ctgov": 4, "pubmed": 4, "sparse": 4}
+        assert Counter(i for i in order if groups[i] == "pubmed") == {0: 2, 1: 2}  # the minority repeats, evenly
+        sparse = [i for i in order if groups[i] == "sparse"]
+        assert len(set(sparse)) == 4  # the majority contributes distinct samples ...
+        seen_sparse |= set(sparse)
+    assert seen_sparse == set(range(2, 9))  # ... a fresh subset each epoch
+    assert epoch_order([], rng, balance=True) == []

@@ -278,3 +278,44 @@ def test_score_completion_sql_on_the_real_database(data_root: Path):
     dropped = asyncio.run(score("DROP TABLE state"))
     assert (dropped.status, dropped.reward) == ("invalid", -2.0)
     assert parse_answer('</think><answer>{"sql": "SELECT 1"}</answer>', task.answer).ok
+
+
+class _Recording:
+    """A real backend that also records the queries it was asked (to see what scoring searched)."""
+
+    def __init__(self, inner):
+        self.inner, self.queries = inner, []
+        self.name, self.version = inner.name, inner.version
+
+    async def search(self, query: str, k: int) -> SearchResult:
+        self.queries.append(query)
+        return await self.inner.search(query, k)
+
+
+def test_expanding_task_searches_the_request_followed_by_the_policy_terms(data_root: Path, index_root: Path):
+    from deepretrieval.common.config import BM25Config
+    from deepretrieval.common.datasets import BeirDataset
+    from deepretrieval.common.errors import ConfigError
+    from deepretrieval.rewarders.retrieval import open_retriever
+
+    ds = BeirDataset.open("scifact", data_root)
+    queries, qrels = ds.split_queries("test")
+    backend = _Recording(open_retriever(ds, index_root, "bm25", bm25=BM25Config()))
+    # a claim whose own words find its evidence at the top
+    qid = next(q for q in sorted(queries) if backend.inner.search_sync(queries[q], 1).ids[0] in qrels[q])
+    request, target = queries[qid], IdsTarget(ids=qrels[qid])
+    task = get_task("sparse", {"query": {"mode": "expand", "original_repeats": 2}})
+    completion = '</think><answer>{"query": "randomized trial"}</answer>'
+
+    async def score(**kw):
+        return (await score_completion(completion, task=task, target=target, backend=backend, k=50, **kw)).reward.reward
+
+    expanded = asyncio.run(score(request=request))
+    assert backend.queries[-1] == f"{request} {request} randomized trial"
+    assert expanded == asyncio.run(score_completion(f'</think><answer>{json.dumps({"query": backend.queries[-1]})}</answer>',
+                                                    task=get_task("sparse"), target=target, backend=backend, k=50)).reward.reward
+    alone = asyncio.run(score(request=request, as_is=True))
+    assert backend.queries[-1] == "randomized trial"
+    assert expanded > 0.5 > alone  # the request's terms carry the search; two generic words alone do not
+    with pytest.raises(ConfigError, match="pass request="):
+        asyncio.run(score())
