@@ -7,13 +7,14 @@ a RayService `serveConfigV2` application's `args` (or from `deepretrieval serve 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from deepretrieval.common.backend_config import BackendSpec
 from deepretrieval.common.config import PathsConfig, StrictModel
 from deepretrieval.common.engine_config import EngineConfig, HFEngineConfig
+from deepretrieval.common.errors import ConfigError
 from deepretrieval.common.run_config import RetryConfig
 from deepretrieval.common.tasks import get_task, task_names
 
@@ -60,6 +61,7 @@ class ServeConfig(StrictModel):
     task: str = Field("sparse", description="Task of requests that name none.")
     tasks: list[str] = Field(default_factory=lambda: ["sparse", "dense", "qa", "pubmed", "ctgov"], min_length=1,
                              description="Tasks a request may name ('sql' is not served: its prompt needs a database schema).")
+    task_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Task name -> overrides of its spec, as in the training run's tasks (e.g. {sparse: {query: {mode: expand}}} for a policy trained to expand requests).")
     constrained: bool | None = Field(None, description="Grammar-constrained decoding of the answer format: true = required (start fails if the engine has none), false = off, null = on when the engine supports it.")
     max_reasoning_chars: int | None = Field(None, ge=0, description="Constrained decoding: most reasoning characters before </think>, so the answer closes within max_new_tokens; null = max_new_tokens.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 = greedy. Requests with n > 1 sample at the task's training temperature when this is 0.")
@@ -91,6 +93,14 @@ class ServeConfig(StrictModel):
     def _consistent(self) -> ServeConfig:
         if self.task not in self.tasks:
             raise ValueError(f"task: {self.task!r} is not among tasks {self.tasks}")
+        stray = sorted(set(self.task_overrides) - set(self.tasks))
+        if stray:
+            raise ValueError(f"task_overrides: {stray} not among tasks {self.tasks}")
+        for name, overrides in self.task_overrides.items():
+            try:
+                get_task(name, overrides)
+            except ConfigError as e:
+                raise ValueError(f"task_overrides.{name}: {e}") from None
         api = self.backend is not None and self.backend.type in ("pubmed", "ctgov")
         if api and self.redis_url is None:
             raise ValueError(f"backend {self.backend.type!r} needs redis_url for its cluster-wide rate limit")  # type: ignore[union-attr]

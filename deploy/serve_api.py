@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deepretrieval.actors.rewrite import Rewrite
+from deepretrieval.common.query_composition import QueryComposition
 from deepretrieval.common.serve_config import ServeConfig
 from deepretrieval.common.tasks import get_task
 
@@ -138,7 +139,8 @@ def check_search(task: str, config: ServeConfig) -> None:
         raise ApiError(400, "search_unavailable", f"task {task!r} is scored on a {wanted!r} backend; this endpoint searches {config.backend.type!r}")
 
 
-def rewrite_answer(request: RewriteRequest, chosen: Rewrite, *, model: str, policy_version: int) -> dict[str, Any]:
+def rewrite_answer(request: RewriteRequest, chosen: Rewrite, *, model: str, policy_version: int,
+                   composition: QueryComposition | None = None) -> dict[str, Any]:
     """The JSON answer for one rewrite; a broken format falls back to the original query.
 
     Args:
@@ -146,10 +148,15 @@ def rewrite_answer(request: RewriteRequest, chosen: Rewrite, *, model: str, poli
         chosen: the rewrite picked from the request's completions (`actors.rewrite.first_valid`).
         model: the served model's name.
         policy_version: the served policy version.
+        composition: the task's query composition; "query" is the query to search, so for an
+            expanding task the request followed by the policy's terms (those alone in "rewrite").
     """
     fallback = chosen.query is None
+    compose = composition or QueryComposition()
+    expanded = {"rewrite": chosen.query} if compose.mode == "expand" and not fallback else {}
     return {
-        "query": request.query if fallback else chosen.query,
+        "query": request.query if fallback else compose.compose(request.query, chosen.query),
+        **expanded,
         "reasoning": chosen.reasoning if request.return_reasoning else None,
         "model": model,
         "policy_version": policy_version,

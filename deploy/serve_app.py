@@ -71,7 +71,7 @@ class RewriteService:
         version = published_version(model_dir)
         self.policy_version = cfg.policy_version if cfg.policy_version is not None else (version or 0)
         self.model_name = cfg.model_name or (f"{model_dir.parent.parent.name}/{model_dir.name}" if version is not None else model_dir.name)
-        self._tasks = {name: get_task(name) for name in cfg.tasks}
+        self._tasks = {name: get_task(name, cfg.task_overrides.get(name)) for name in cfg.tasks}
         # One engine thread: engines are not thread-safe, and @serve.batch runs one batch at a time.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
         loop = asyncio.get_running_loop()
@@ -190,7 +190,7 @@ class RewriteService:
         task = self._tasks[req.task]
         rewrites = await self._generate(RewriteJob(req.query, task, req.n, self._constraints[req.task]))
         chosen = first_valid(rewrites)
-        answer = rewrite_answer(req, chosen, model=self.model_name, policy_version=self.policy_version)
+        answer = rewrite_answer(req, chosen, model=self.model_name, policy_version=self.policy_version, composition=task.query)
         span.set_attributes({names.SERVE_FALLBACK: answer["fallback"], names.SERVE_VALID: sum(rw.query is not None for rw in rewrites)})
         if answer["fallback"]:
             span.set_attribute(names.SERVE_FORMAT_ERROR, str(chosen.error))

@@ -53,3 +53,25 @@ def test_valid_rewrite_is_served_with_its_reasoning_on_request():
                       "task": "sparse", "fallback": False, "fallback_reason": None}
     quiet = parse_rewrite_request(b'{"query": "do statins hurt muscles"}', ServeConfig())
     assert rewrite_answer(quiet, chosen, model="m", policy_version=7)["reasoning"] is None
+
+
+def test_expanding_task_answers_the_request_followed_by_the_policy_terms():
+    cfg = ServeConfig(task_overrides={"sparse": {"query": {"mode": "expand", "original_repeats": 2}}})
+    req = parse_rewrite_request(b'{"query": "statins"}', cfg)
+    chosen = parse_rewrite('x</think><answer>{"query": "myopathy"}</answer>', get_task("sparse"))
+    task = get_task("sparse", cfg.task_overrides["sparse"])
+    answer = rewrite_answer(req, chosen, model="m", policy_version=1, composition=task.query)
+    assert (answer["query"], answer["rewrite"], answer["fallback"]) == ("statins statins myopathy", "myopathy", False)
+    broken = parse_rewrite("x</think><answer>{}</answer>", get_task("sparse"))
+    fallback = rewrite_answer(req, broken, model="m", policy_version=1, composition=task.query)
+    assert (fallback["query"], fallback["fallback"]) == ("statins", True) and "rewrite" not in fallback
+
+
+@pytest.mark.parametrize("overrides, message", [({"ctgov": {"query": {"mode": "expand"}}}, "not among tasks"),
+                                                ({"pubmed": {"query": {"mode": "expand"}}}, "bag-of-words backend")])
+def test_task_overrides_are_checked_at_the_edge(overrides, message):
+    from deepretrieval.common.errors import ConfigError
+    from deepretrieval.common.config import validate_config
+
+    with pytest.raises(ConfigError, match=message):
+        validate_config(ServeConfig, {"tasks": ["sparse", "pubmed"], "task_overrides": overrides})

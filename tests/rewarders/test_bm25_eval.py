@@ -90,3 +90,23 @@ def test_rewriter_labels_must_be_unique(tmp_path, tiny_beir, data_root, index_ro
     rc = main(["eval", "--dataset", str(tiny_beir), "--rewriter", f"a={policy_dir}", "--rewriter", f"a={policy_dir}",
                "--data-root", str(data_root), "--home", str(index_root.parent)])
     assert rc == 2 and "labels must be unique" in capsys.readouterr().err
+
+
+def test_eval_query_mode_flags_are_checked_at_the_edge():
+    import argparse
+
+    from deepretrieval.common.errors import ConfigError
+    from deepretrieval.deploy.cmd_eval import composition_from_args
+
+    def args(mode, repeats):
+        return argparse.Namespace(query_mode=mode, original_repeats=repeats)
+
+    assert composition_from_args(args(None, None)) is None
+    assert composition_from_args(args("expand", None)).original_repeats == 2
+    assert composition_from_args(args("expand", 3)).compose("a", "b") == "a a a b"
+    with pytest.raises(ConfigError, match="needs --query-mode expand"):
+        composition_from_args(args(None, 2))
+    with pytest.raises(ConfigError, match="needs --query-mode expand"):
+        composition_from_args(args("rewrite", 2))
+    with pytest.raises(ConfigError, match="original_repeats"):
+        composition_from_args(args("expand", 0))
