@@ -66,15 +66,18 @@ def sample_rollouts(engine, tokenizer, prompts: Sequence[Prompt], params: Sampli
     return out
 
 
-def original_rollout(prompt: Prompt, tokenizer, cfg: TrainConfig) -> Rollout:
-    """The request sent as is, wrapped in the canonical answer, as a rollout the rewarder scores."""
-    spec = task_specs(cfg)[prompt.task]
-    text = render_answer(spec.answer, prompt.request)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return Rollout(uid=f"original-{prompt.uid}", group_id=f"original-{prompt.uid}", prompt_uid=prompt.uid, policy_version=0,
-                   prompt_token_ids=[0], response_token_ids=ids, logprobs=[0.0] * len(ids),
-                   sampling=SamplingParams(0.0, 1.0, cfg.sampling.max_new_tokens, False), finish_reason="stop",
-                   completion=text, engine=ORIGINAL_ENGINE, created_at=time.time())
+def original_rollouts(prompts: Sequence[Prompt], tokenizer, cfg: TrainConfig) -> list[Rollout]:
+    """Each request sent as is, wrapped in the canonical answer, as a rollout the rewarder scores (as is, never composed)."""
+    specs = task_specs(cfg)
+    params = SamplingParams(0.0, 1.0, cfg.sampling.max_new_tokens, False)
+    out = []
+    for prompt in prompts:
+        text = render_answer(specs[prompt.task].answer, prompt.request)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        out.append(Rollout(uid=f"original-{prompt.uid}", group_id=f"original-{prompt.uid}", prompt_uid=prompt.uid, policy_version=0,
+                           prompt_token_ids=[0], response_token_ids=ids, logprobs=[0.0] * len(ids), sampling=params,
+                           finish_reason="stop", completion=text, engine=ORIGINAL_ENGINE, created_at=time.time()))
+    return out
 
 
 async def score_rollouts(cfg: TrainConfig, rollouts: Sequence[Rollout], split_of: str = "train_split", *,

@@ -76,7 +76,7 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path) -> dict:
     from deepretrieval.common.engine_config import on_cores
     from deepretrieval.common.prompt_book import PromptBook
     from deepretrieval.common.sampling import SamplingConfig
-    from deepretrieval.deploy.rollout_scoring import original_rollout, sample_rollouts, score_rollouts, task_specs
+    from deepretrieval.deploy.rollout_scoring import original_rollouts, sample_rollouts, score_rollouts, task_specs
 
     spec = task_specs(cfg)[t.task]
     prompts = sorted(PromptBook.from_files([cfg.run_dir / "prompts" / t.task / f"{t.eval_split}.jsonl"]), key=lambda p: p.uid)
@@ -88,7 +88,7 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path) -> dict:
         rewritten = sample_rollouts(engine, tokenizer, prompts, params)
     finally:
         engine.close()
-    originals = [original_rollout(p, tokenizer, cfg) for p in prompts]
+    originals = original_rollouts(prompts, tokenizer, cfg)
     scored = asyncio.run(score_rollouts(cfg, originals + rewritten, "eval_split"))
     pairs = list(zip(scored[:len(prompts)], scored[len(prompts):]))
     answered = [(o, r) for o, r in pairs if o.status != "unavailable" and r.status != "unavailable"]

@@ -44,10 +44,10 @@ def start_emulators(cfg: TrainConfig, stack: ExitStack) -> TrainConfig:
 
 
 @contextmanager
-def run_services(cfg: TrainConfig, *, redis: bool = True) -> Iterator[TrainConfig]:
-    """Start the run's private Redis (when `redis` and no URL is set) and managed emulators; yield the config using them."""
+def run_services(cfg: TrainConfig) -> Iterator[TrainConfig]:
+    """Start the run's private Redis (when no URL is set) and managed emulators; yield the config using them."""
     with ExitStack() as stack:
-        if redis and cfg.transport.url is None:
+        if cfg.transport.url is None:
             server, cfg = start_private_redis(cfg)
             stack.callback(server.stop)
         yield start_emulators(cfg, stack)

@@ -32,7 +32,7 @@ from deepretrieval.common.answer_format import parse_answer
 from deepretrieval.common.train_config import TrainConfig
 from deepretrieval.common.warmup_config import WarmupConfig
 from deepretrieval.common.wire import Prompt, Rollout
-from deepretrieval.deploy.rollout_scoring import original_rollout, sample_rollouts, score_rollouts, task_specs
+from deepretrieval.deploy.rollout_scoring import original_rollouts, sample_rollouts, score_rollouts, task_specs
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         rollouts = _constrained_rollouts(engine, tokenizer, train, cfg, wcfg)
         stages["sample_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        originals = [original_rollout(p, tokenizer, cfg) for p in train]
+        originals = original_rollouts(train, tokenizer, cfg)
         scored = asyncio.run(score_rollouts(cfg, originals + rollouts))
         stages["score_s"] = time.perf_counter() - mark
         baseline = {s.rollout.prompt_uid: s.reward for s in scored[:len(originals)] if s.reward is not None}
