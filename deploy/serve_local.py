@@ -51,6 +51,11 @@ def local_serve(apps: Mapping[str, ServeConfig], *, host: str = "127.0.0.1", por
     # Keep a local cluster on loopback (STACK.md §6); models come from local folders.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Ray Serve marks its HTTP proxy unhealthy after 3 readiness checks of 5 s; on a small machine
+    # busy with a model load (2 cores) the proxy can take longer to answer, and Serve then kills it
+    # and the start fails. The local cluster inherits this environment, so its controller waits longer.
+    for var in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(var, "30")
     import ray
     from ray import serve
 
