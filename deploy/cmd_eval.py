@@ -81,14 +81,12 @@ def parse_rewriters(values: list[str]) -> list[tuple[str, Path]]:
 
 def composition_from_args(args: argparse.Namespace) -> QueryComposition | None:
     """The query composition `--query-mode` / `--original-repeats` ask for; None = the task's own."""
+    if args.original_repeats is not None and args.query_mode != "expand":
+        raise ConfigError("--original-repeats needs --query-mode expand")
     if args.query_mode is None:
-        if args.original_repeats is not None:
-            raise ConfigError("--original-repeats needs --query-mode expand")
         return None
     fields = {"mode": args.query_mode}
     if args.original_repeats is not None:
-        if args.query_mode != "expand":
-            raise ConfigError("--original-repeats needs --query-mode expand")
         fields["original_repeats"] = args.original_repeats
     return validate_config(QueryComposition, fields, source="--query-mode/--original-repeats")
 
