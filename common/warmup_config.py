@@ -21,6 +21,7 @@ class WarmupConfig(StrictModel):
     format_samples: int = Field(1, ge=1, le=64, description="Free-sampled completions per held-out prompt behind format_ok_before/after: more draws, less noise (one draw on 32 prompts moves by about 0.06).")
     margin: float = Field(0.0, ge=0.0, description="A kept completion's reward must exceed the original request's by more than this.")
     keep_ties: bool = Field(False, description="Also keep a completion exactly as good as a request that already works as a query (positive reward): a format example that teaches nothing worse than the request. Never a tie with a failing request.")
+    prefer_natural_close: bool = Field(True, description="Of a prompt's completions that qualify, keep one whose reasoning the model closed itself over one the grammar cut at `max_reasoning_chars`, then the highest reward, then the shortest. False: the highest reward only. A cut completion teaches `</think>` in mid-sentence.")
     balance_tasks: bool = Field(False, description="Each SFT epoch gives every task the same share of its steps (a task with few kept completions repeats them): the tasks whose requests rarely work keep few completions, yet need the format as much.")
     epochs: int = Field(3, ge=1, le=100, description="Passes over the kept completions.")
     batch_seqs: int = Field(16, ge=1, le=4096, description="Kept completions per SFT optimizer step.")

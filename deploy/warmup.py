@@ -9,7 +9,9 @@ reward would be the format penalty and GRPO would get no gradient. The warm-up f
 4. score them, and each request sent as is, with the run's rewarder (same backends, cache, rate
    limiter, retries and `rl.reward` / `rl.search.*` spans as training);
 5. keep per prompt the best completion that beats its original request (learner/sft.py; with
-   `keep_ties`, also one exactly as good as a request that already works as a query);
+   `keep_ties`, also one exactly as good as a request that already works as a query; with
+   `prefer_natural_close`, "best" puts reasoning the model closed itself before reasoning the
+   grammar cut at its length cap);
 6. fine-tune on them with the learner's Trainer (`sft_step`: cross-entropy on completion tokens,
    tags included) and export the policy as a Hugging Face folder;
 7. load it into the engine and free-sample the held-out prompts again: `format_ok_after`.
@@ -76,8 +78,15 @@ def _constrained_rollouts(engine, tokenizer, prompts: Sequence[Prompt], cfg: Tra
     return sample_rollouts(engine, tokenizer, prompts, params, regexes=regexes, batch_prompts=wcfg.batch_prompts)
 
 
-def write_candidates(path: Path, prompts: Sequence[Prompt], scored: Sequence, baseline: dict[str, float], kept: Sequence) -> dict:
-    """Every scored constrained completion as a JSON line (task, request, completion, reward, original's reward, kept).
+def closed_at_cap(completion: str, fmt, max_reasoning_chars: int) -> bool:
+    """Whether a constrained completion's reasoning ran to the grammar's length cap (its `</think>` was forced)."""
+    reasoning = parse_answer(completion, fmt).reasoning
+    return reasoning is not None and len(reasoning) >= max_reasoning_chars
+
+
+def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence, scored: Sequence, baseline: dict[str, float],
+                     kept: Sequence) -> dict:
+    """Every scored constrained completion as a JSON line (task, request, completion, reward, original's reward, forced close, kept).
 
     Returns:
         per task: prompts, candidates, format-valid candidates, prompts kept.
@@ -89,7 +98,7 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], scored: Sequence, ba
         per_task.setdefault(p.task, {"prompts": 0, "candidates": 0, "format_ok": 0, "kept": 0})["prompts"] += 1
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for s in scored:
+        for c, s in zip(candidates, scored):
             p = by_uid[s.rollout.prompt_uid]
             row = per_task[p.task]
             row["candidates"] += 1
@@ -97,7 +106,7 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], scored: Sequence, ba
             row["kept"] += s.rollout.uid in kept_uids
             f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": s.rollout.completion,
                                 "status": s.status, "reward": s.reward, "original_reward": baseline.get(p.uid),
-                                "kept": s.rollout.uid in kept_uids}) + "\n")
+                                "forced_close": c.forced_close, "kept": s.rollout.uid in kept_uids}) + "\n")
     return per_task
 
 
@@ -162,15 +171,19 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         scored = asyncio.run(score_rollouts(cfg, originals + rollouts))
         stages["score_s"] = time.perf_counter() - mark
         baseline = {s.rollout.prompt_uid: s.reward for s in scored[:len(originals)] if s.reward is not None}
+        specs, task_of = task_specs(cfg), {p.uid: p.task for p in train}
         candidates = [Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
-                                response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok")
+                                response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok",
+                                forced_close=closed_at_cap(s.rollout.completion, specs[task_of[s.rollout.prompt_uid]].answer,
+                                                           wcfg.max_reasoning_chars))
                       for s in scored[len(originals):]]
-        kept = select_best(candidates, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties)
-        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, scored[len(originals):], baseline, kept)
+        kept = select_best(candidates, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties,
+                           prefer_natural_close=wcfg.prefer_natural_close)
+        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, scored[len(originals):], baseline, kept)
         log.info("warm-up: kept %d of %d prompts (%d candidates)", len(kept), len(train), len(candidates))
 
         mark = time.perf_counter()
-        sft = _fine_tune(model_dir, kept, {p.uid: p.task for p in train}, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
+        sft = _fine_tune(model_dir, kept, task_of, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
         if not kept:
             log.warning("warm-up: no completion beat its original request; the policy is exported unchanged")
             import shutil
@@ -186,7 +199,8 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         engine.close()
     constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
     report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept),
-              "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept), "prompts": len(train),
+              "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
+              "kept_forced_close": sum(c.forced_close for c in kept), "prompts": len(train),
               "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),

@@ -32,6 +32,8 @@ class Candidate:
         response_ids: [T] the completion's tokens.
         reward: its reward; None when the backend could not answer (never kept).
         format_ok: whether the completion parsed.
+        forced_close: the sampling grammar ended the reasoning at its length cap: `</think>` was
+            the only token left to write, not the model's choice.
     """
 
     prompt_uid: str
@@ -40,11 +42,19 @@ class Candidate:
     response_ids: Sequence[int]
     reward: float | None
     format_ok: bool
+    forced_close: bool = False
+
+
+def _preference(c: Candidate, prefer_natural_close: bool) -> tuple:
+    """Sort key of a prompt's eligible candidates: the largest is kept."""
+    if not prefer_natural_close:
+        return (c.reward,)
+    return (not c.forced_close, c.reward, -len(c.response_ids))
 
 
 def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], *, margin: float = 0.0,
-                keep_ties: bool = False) -> list[Candidate]:
-    """The rejection filter: per prompt, the highest-reward format-valid completion, if it beats the baseline.
+                keep_ties: bool = False, prefer_natural_close: bool = False) -> list[Candidate]:
+    """The rejection filter: per prompt, the best format-valid completion, if it beats the baseline.
 
     Args:
         candidates: completions of any number of prompts.
@@ -54,6 +64,11 @@ def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], 
         keep_ties: also keep a completion whose reward equals a positive baseline (the request
             already works as a query, and the completion is exactly as good): a format example that
             teaches nothing worse than the request. A tie with a baseline <= 0 is never kept.
+        prefer_natural_close: which eligible completion is "best". False: the highest reward.
+            True: one whose reasoning the model closed itself before one the grammar cut at its
+            length cap (`forced_close`), then the highest reward, then the fewest tokens. A cut
+            completion teaches `</think>` in mid-sentence, which free sampling then writes anywhere
+            (or never); which prompts keep a completion does not change.
 
     Returns:
         at most one candidate per prompt, in first-seen prompt order; ties go to the first seen.
@@ -68,7 +83,7 @@ def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], 
         if not (beats or ties):
             continue
         held = best.get(c.prompt_uid)
-        if held is None or c.reward > held.reward:  # type: ignore[operator]
+        if held is None or _preference(c, prefer_natural_close) > _preference(held, prefer_natural_close):
             best[c.prompt_uid] = c
     return list(best.values())
 

@@ -44,6 +44,13 @@ warmup: {{prompts: 12, samples_per_prompt: 4, heldout_prompts: 8, max_reasoning_
     assert len({r["prompt_uid"] for r in kept}) == len(kept)
     assert all(r["status"] == "ok" and r["reward"] >= r["original_reward"] and (r["reward"] > r["original_reward"] or r["original_reward"] > 0)
                for r in kept)
+    # The grammar cut a reasoning at its 24-character cap exactly when it is 24 characters long, and
+    # a cut completion is kept only when none of its prompt's qualifying completions closed on its own.
+    assert all(r["forced_close"] == (len(r["completion"].split("</think>")[0]) >= 24) for r in rows if r["status"] == "ok")
+    qualifies = lambda r: r["status"] == "ok" and (r["reward"] > r["original_reward"] or r["reward"] == r["original_reward"] > 0)  # noqa: E731
+    for k in kept:
+        assert not k["forced_close"] or not any(qualifies(r) and not r["forced_close"] for r in rows if r["prompt_uid"] == k["prompt_uid"])
+    assert report["kept_forced_close"] == sum(r["forced_close"] for r in kept)
     assert report["sft_steps"] == 8 * -(-report["kept"] // 4)
     assert report["sft_loss_last"] < report["sft_loss_first"]
     assert report["format_ok_after"] > report["format_ok_before"]

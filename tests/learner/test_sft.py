@@ -13,8 +13,9 @@ from deepretrieval.learner.sft import Candidate, select_best, sft_loss, sft_samp
 from deepretrieval.learner.trainer import Trainer
 
 
-def _c(prompt: str, uid: str, reward: float | None, ok: bool = True) -> Candidate:
-    return Candidate(prompt_uid=prompt, uid=uid, prompt_ids=[5, 6], response_ids=[7, 8, 2], reward=reward, format_ok=ok)
+def _c(prompt: str, uid: str, reward: float | None, ok: bool = True, *, forced: bool = False, tokens: int = 3) -> Candidate:
+    return Candidate(prompt_uid=prompt, uid=uid, prompt_ids=[5, 6], response_ids=[7] * (tokens - 1) + [2], reward=reward, format_ok=ok,
+                     forced_close=forced)
 
 
 def test_rejection_filter_keeps_the_best_that_beats_the_original_at_most_one_per_prompt():
@@ -42,6 +43,17 @@ def test_keep_ties_adds_completions_as_good_as_a_working_request_only():
     baseline = {"p1": 0.3, "p2": 0.3, "p3": -2.5, "p4": 0.0, "p5": 0.4}
     assert [c.uid for c in select_best(candidates, baseline)] == ["b"]
     assert [c.uid for c in select_best(candidates, baseline, keep_ties=True)] == ["b", "c"]
+
+
+def test_prefer_natural_close_ranks_unforced_reasoning_then_reward_then_length_and_keeps_the_same_prompts():
+    candidates = [
+        _c("p1", "a", 0.9, forced=True), _c("p1", "b", 0.7), _c("p1", "c", 0.7, tokens=2),   # unforced beats a higher forced reward; shorter wins the tie
+        _c("p2", "d", 0.8, forced=True), _c("p2", "e", 0.6, forced=True, tokens=9),          # all forced: the highest reward
+        _c("p3", "f", 0.5, forced=True), _c("p3", "g", 0.1),                                  # the unforced one does not beat: not eligible
+    ]
+    baseline = {"p1": 0.5, "p2": 0.5, "p3": 0.3}
+    assert [c.uid for c in select_best(candidates, baseline)] == ["a", "d", "f"]
+    assert [c.uid for c in select_best(candidates, baseline, prefer_natural_close=True)] == ["c", "d", "f"]
 
 
 def test_sft_loss_is_the_token_mean_nll_and_its_gradient_is_minus_one_over_tokens():
