@@ -15,14 +15,17 @@ from deepretrieval.rewarders.rate_limiter import RateLimiter
 KEY = "pubmed-api-key-SECRET"
 
 
-def max_in_window(stamps: list[float], window_s: float = 1.0) -> int:
-    """Most events in any closed window of `window_s` (the server's sliding 1-s count)."""
-    s, best, j = sorted(stamps), 0, 0
-    for i in range(len(s)):
-        while s[i] - s[j] > window_s:
-            j += 1
-        best = max(best, i - j + 1)
-    return best
+def schedule_slack(stamps: list[float], rate: float) -> float:
+    """How far ahead of the limiter's schedule the earliest release came: max over i of s_0 + i/rate - s_i.
+
+    With burst 1 the limiter grants slot i at slot_0 + i/rate and never releases a waiter before its
+    slot, so the i-th release in time order is at s_i >= s_0 + i/rate, up to the first release's
+    own latency. A waiter woken late (a busy event loop, a loaded CI machine) only makes later
+    releases look bunched in a sliding window; it never puts one ahead of this schedule, so this
+    checks the limiter and not the scheduler's punctuality. Two releases on one slot give 1/rate.
+    """
+    s = sorted(stamps)
+    return max(s[0] + i / rate - t for i, t in enumerate(s))
 
 
 def achieved_rate(stamps: list[float]) -> float:
@@ -57,7 +60,7 @@ def test_concurrent_tasks_share_the_rate(redis_url):
     rate = 10.0
     stamps = asyncio.run(_hammer(redis_url, rate, n_tasks=8, n_each=3))
     assert len(stamps) == 24
-    assert max_in_window(stamps) <= rate + 1  # burst=1: at most rate + burst in any 1-s window
+    assert schedule_slack(stamps, rate) <= 0.25 / rate  # no release ahead of its slot (a double release: 1/rate)
     assert achieved_rate(stamps) == pytest.approx(rate, rel=0.1)
 
 
@@ -78,7 +81,7 @@ def test_processes_share_one_bucket(redis_url):
                 p.terminate()
     stamps = [t for s in per_process for t in s]
     assert sorted(len(s) for s in per_process) == [n_each] * n_procs
-    assert max_in_window(stamps) <= rate + 1
+    assert schedule_slack(stamps, rate) <= 0.25 / rate
     assert achieved_rate(stamps) == pytest.approx(rate, rel=0.1)  # 3 processes together, not 3x
 
 
