@@ -15,7 +15,8 @@ class WarmupConfig(StrictModel):
     """
 
     enabled: bool = Field(False, description="`train` runs the warm-up first (unless the run already has a warm policy) and starts RL from its export.")
-    prompts: int = Field(128, ge=1, le=100_000, description="Train prompts sampled for fine-tuning candidates (spread over the run's tasks).")
+    prompts: int = Field(128, ge=1, le=100_000, description="Train prompts sampled for fine-tuning candidates (spread over the run's tasks); with `min_kept_per_task`, the most drawn in all.")
+    min_kept_per_task: int | None = Field(None, ge=1, le=100_000, description="Draw prompts in rounds until every task has this many kept completions (or `prompts` are drawn): a task whose requests rarely work keeps few, and draws more. None: one round of `prompts`, whatever each task keeps.")
     samples_per_prompt: int = Field(8, ge=1, le=256, description="Grammar-constrained completions per prompt (G); the best one that beats the original is kept.")
     heldout_prompts: int = Field(48, ge=1, le=10_000, description="Train prompts kept out of fine-tuning, on which free-sampling format-ok is measured before and after.")
     format_samples: int = Field(1, ge=1, le=64, description="Free-sampled completions per held-out prompt behind format_ok_before/after: more draws, less noise (one draw on 32 prompts moves by about 0.06).")

@@ -3,9 +3,11 @@
 TASKS.md §7: the default 135M model never writes the answer format by free sampling, so every RL
 reward would be the format penalty and GRPO would get no gradient. The warm-up fixes that:
 
-1. draw `prompts` train prompts and `heldout_prompts` others (never fine-tuned on);
+1. set `heldout_prompts` train prompts aside (never fine-tuned on);
 2. free-sample the held-out prompts at the task temperature: `format_ok_before`;
-3. sample G grammar-constrained completions per train prompt (actors' engine, answer regex);
+3. draw train prompts (deploy/warmup_draw.py: `prompts` in one round, or, with
+   `min_kept_per_task`, in rounds until every task has that many kept completions), and sample G
+   grammar-constrained completions per prompt (actors' engine, answer regex);
 4. score them, and each request sent as is, with the run's rewarder (same backends, cache, rate
    limiter, retries and `rl.reward` / `rl.search.*` spans as training);
 5. keep per prompt the best completion that beats its original request (learner/sft.py; with
@@ -27,6 +29,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,12 +56,11 @@ def warm_policy_ready(cfg: TrainConfig) -> bool:
     return (d / "config.json").is_file() and (d.parent / REPORT_NAME).is_file()
 
 
-def split_prompts(prompts: Sequence[Prompt], n_train: int, n_heldout: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
-    """Disjoint fine-tuning and held-out prompt sets from a seeded shuffle (held-out drawn first)."""
+def split_prompts(prompts: Sequence[Prompt], n_heldout: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
+    """The fine-tuning pool (in draw order) and the held-out prompts, from a seeded shuffle (held-out drawn first)."""
     order = list(prompts)
     random.Random(seed).shuffle(order)
-    held = order[:n_heldout]
-    return order[n_heldout:n_heldout + n_train], held
+    return order[n_heldout:], order[:n_heldout]
 
 
 def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, samples: int = 1) -> float:
@@ -110,6 +112,47 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
     return per_task
 
 
+def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupConfig, stages: dict[str, float]) -> tuple:
+    """The draw's rounds: sample constrained, score with the originals, re-run the rejection filter, report kept per task.
+
+    Returns:
+        (candidates, their Scored, baseline: prompt uid -> the original's reward, kept, unavailable scores).
+    """
+    from deepretrieval.learner.sft import Candidate, select_best
+
+    specs = task_specs(cfg)
+    candidates: list[Candidate] = []
+    scored: list = []
+    baseline: dict[str, float] = {}
+    kept: list[Candidate] = []
+    task_of: dict[str, str] = {}
+    unavailable = 0
+    stages["sample_s"] = stages["score_s"] = 0.0
+    while batch := draw.next_round():
+        task_of.update({p.uid: p.task for p in batch})
+        mark = time.perf_counter()
+        rollouts = _constrained_rollouts(engine, tokenizer, batch, cfg, wcfg)
+        stages["sample_s"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        originals = original_rollouts(batch, tokenizer, cfg)
+        round_scored = asyncio.run(score_rollouts(cfg, originals + rollouts))
+        stages["score_s"] += time.perf_counter() - mark
+        unavailable += sum(s.status == "unavailable" for s in round_scored)
+        baseline.update({s.rollout.prompt_uid: s.reward for s in round_scored[:len(originals)] if s.reward is not None})
+        for s in round_scored[len(originals):]:
+            fmt = specs[task_of[s.rollout.prompt_uid]].answer
+            candidates.append(Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
+                                        response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok",
+                                        forced_close=closed_at_cap(s.rollout.completion, fmt, wcfg.max_reasoning_chars)))
+            scored.append(s)
+        kept = select_best(candidates, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties,
+                           prefer_natural_close=wcfg.prefer_natural_close)
+        kept_by_task = Counter(task_of[c.prompt_uid] for c in kept)
+        draw.record(kept_by_task)
+        log.info("warm-up round %d: %d prompts drawn, kept per task %s", draw.rounds, len(draw.drawn), dict(kept_by_task))
+    return candidates, scored, baseline, kept, unavailable
+
+
 def _fine_tune(model_dir: Path, kept: list, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path) -> dict:
     """SFT on the kept completions (task_of: prompt uid -> task) with the learner's Trainer; exports to `out_dir`."""
     from deepretrieval.learner.sft import epoch_order, sft_samples
@@ -147,14 +190,15 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     from deepretrieval.common.model_fetch import resolve_model
     from deepretrieval.common.prompt_book import PromptBook
     from deepretrieval.deploy.workers import prompt_files
-    from deepretrieval.learner.sft import Candidate, select_best
+    from deepretrieval.deploy.warmup_draw import PromptDraw
 
     wcfg = wcfg or cfg.warmup
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
     model_dir = Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir))
     out_dir = warm_policy_dir(cfg)
-    train, held = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.prompts, wcfg.heldout_prompts, wcfg.seed)
+    pool, held = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.heldout_prompts, wcfg.seed)
+    draw = PromptDraw(pool, budget=wcfg.prompts, min_kept_per_task=wcfg.min_kept_per_task, batch=wcfg.batch_prompts)
     engine = make_engine(model_dir, on_cores(cfg.actors.engine, wcfg.cpu_threads_bind), cfg.model.dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     try:
@@ -163,27 +207,13 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         stages["format_before_s"] = time.perf_counter() - mark
         log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
 
-        mark = time.perf_counter()
-        rollouts = _constrained_rollouts(engine, tokenizer, train, cfg, wcfg)
-        stages["sample_s"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        originals = original_rollouts(train, tokenizer, cfg)
-        scored = asyncio.run(score_rollouts(cfg, originals + rollouts))
-        stages["score_s"] = time.perf_counter() - mark
-        baseline = {s.rollout.prompt_uid: s.reward for s in scored[:len(originals)] if s.reward is not None}
-        specs, task_of = task_specs(cfg), {p.uid: p.task for p in train}
-        candidates = [Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
-                                response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok",
-                                forced_close=closed_at_cap(s.rollout.completion, specs[task_of[s.rollout.prompt_uid]].answer,
-                                                           wcfg.max_reasoning_chars))
-                      for s in scored[len(originals):]]
-        kept = select_best(candidates, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties,
-                           prefer_natural_close=wcfg.prefer_natural_close)
-        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, scored[len(originals):], baseline, kept)
+        candidates, scored, baseline, kept, unavailable = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, stages)
+        train = draw.drawn
+        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, scored, baseline, kept)
         log.info("warm-up: kept %d of %d prompts (%d candidates)", len(kept), len(train), len(candidates))
 
         mark = time.perf_counter()
-        sft = _fine_tune(model_dir, kept, task_of, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
+        sft = _fine_tune(model_dir, kept, {p.uid: p.task for p in train}, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
         if not kept:
             log.warning("warm-up: no completion beat its original request; the policy is exported unchanged")
             import shutil
@@ -200,11 +230,11 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
     report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept),
               "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
-              "kept_forced_close": sum(c.forced_close for c in kept), "prompts": len(train),
+              "kept_forced_close": sum(c.forced_close for c in kept), "prompts": len(train), "rounds": draw.rounds,
               "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),
-              "per_task": per_task, "unavailable": sum(s.status == "unavailable" for s in scored),
+              "per_task": per_task, "unavailable": unavailable,
               **sft, "seconds": time.perf_counter() - t0, "stages_s": stages, "policy": str(out_dir),
               "base_model": str(model_dir), "cpu": describe_cpu(), "config": wcfg.model_dump()}
     (out_dir.parent / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))

@@ -28,13 +28,14 @@ tasks:
 sampling: {{n: 4, temperature: 0.7, max_new_tokens: 64}}
 actors: {{engine: {{type: hf}}}}
 transport: {{backlog_bound: 4096}}
-warmup: {{prompts: 12, samples_per_prompt: 4, heldout_prompts: 8, max_reasoning_chars: 24, keep_ties: true,
-          epochs: 8, batch_seqs: 4, lr: 1.0e-4}}
+warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prompt: 4, heldout_prompts: 8,
+          max_reasoning_chars: 24, keep_ties: true, epochs: 8, batch_seqs: 4, lr: 1.0e-4}}
 """)
     out = tmp_path / "warmup.json"
     assert main(["warmup", "--config", str(config), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["prompts"] == 12 and report["heldout_prompts"] == 8 and report["candidates"] == 48
+    # Two rounds of 6 prompts: 12 kept completions need every prompt, so the budget ends the draw.
+    assert report["prompts"] == 12 and report["rounds"] == 2 and report["heldout_prompts"] == 8 and report["candidates"] == 48
     assert report["unavailable"] == 0
     assert report["constrained_format_ok"] >= 0.75  # the grammar holds (a few may hit the token limit)
     # At most one per prompt, each at least as good as its (working) claim.

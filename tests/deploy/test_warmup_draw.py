@@ -1,0 +1,54 @@
+"""The warm-up's prompt draw (deploy/warmup_draw.py): one round, or rounds until every task keeps enough."""
+
+from __future__ import annotations
+
+from deepretrieval.common.wire import Prompt
+from deepretrieval.deploy.warmup_draw import PromptDraw
+
+
+def pool(**counts: int) -> list[Prompt]:
+    """Interleaved prompts of each task: a0 b0 a1 b1 ..."""
+    out = []
+    for i in range(max(counts.values())):
+        out += [Prompt(uid=f"{t}{i}", task=t, dataset="d", request=f"{t} {i}", messages=[], prefill="", target={}, split="train")
+                for t, n in counts.items() if i < n]
+    return out
+
+
+def test_without_a_target_one_round_takes_the_first_budget_prompts_whatever_their_task():
+    draw = PromptDraw(pool(a=10, b=10), budget=5, min_kept_per_task=None, batch=2)
+    assert [p.uid for p in draw.next_round()] == ["a0", "b0", "a1", "b1", "a2"]
+    draw.record({"a": 0, "b": 0})
+    assert draw.next_round() == [] and draw.rounds == 1 and len(draw.drawn) == 5
+
+
+def test_rounds_go_on_until_every_task_keeps_its_target_and_size_each_task_by_its_keep_rate():
+    draw = PromptDraw(pool(a=40, b=40), budget=100, min_kept_per_task=6, batch=8)
+    first = draw.next_round()  # no keep rate yet: a full batch each, in pool order
+    assert [p.uid for p in first if p.task == "a"] == [f"a{i}" for i in range(8)]
+    assert [p.uid for p in first if p.task == "b"] == [f"b{i}" for i in range(8)]
+    draw.record({"a": 6, "b": 2})  # a is done; b kept 2 of 8: 4 short / (1/4) = 16, capped at a batch
+    second = draw.next_round()
+    assert [p.uid for p in second] == [f"b{i}" for i in range(8, 16)]
+    draw.record({"a": 6, "b": 5})  # 5 of 16: 1 short / (5/16) -> 4 prompts
+    assert [p.uid for p in draw.next_round()] == [f"b{i}" for i in range(16, 20)]
+    draw.record({"a": 6, "b": 6})
+    assert draw.next_round() == []
+    assert draw.rounds == 3 and len(draw.drawn) == 28 and len({p.uid for p in draw.drawn}) == 28
+
+
+def test_the_budget_caps_the_draw_and_goes_to_the_neediest_task_first():
+    draw = PromptDraw(pool(a=40, b=40), budget=20, min_kept_per_task=10, batch=8)
+    draw.next_round()
+    draw.record({"a": 8, "b": 1})  # b has the smaller share of its target: it draws first
+    second = draw.next_round()
+    assert [p.task for p in second] == ["b"] * 4  # 20 - 16 left, all to b
+    draw.record({"a": 8, "b": 3})
+    assert draw.next_round() == [] and len(draw.drawn) == 20
+
+
+def test_a_task_that_runs_out_of_prompts_stops_drawing_and_the_others_go_on():
+    draw = PromptDraw(pool(a=3, b=40), budget=100, min_kept_per_task=5, batch=4)
+    assert sorted(p.uid for p in draw.next_round()) == ["a0", "a1", "a2", "b0", "b1", "b2", "b3"]
+    draw.record({"a": 1, "b": 1})
+    assert {p.task for p in draw.next_round()} == {"b"}
