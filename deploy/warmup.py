@@ -139,14 +139,17 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
         stages["score_s"] += time.perf_counter() - mark
         unavailable += sum(s.status == "unavailable" for s in round_scored)
         baseline.update({s.rollout.prompt_uid: s.reward for s in round_scored[:len(originals)] if s.reward is not None})
+        fresh: list[Candidate] = []
         for s in round_scored[len(originals):]:
             fmt = specs[task_of[s.rollout.prompt_uid]].answer
-            candidates.append(Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
-                                        response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok",
-                                        forced_close=closed_at_cap(s.rollout.completion, fmt, wcfg.max_reasoning_chars)))
+            fresh.append(Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
+                                   response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok",
+                                   forced_close=closed_at_cap(s.rollout.completion, fmt, wcfg.max_reasoning_chars)))
             scored.append(s)
-        kept = select_best(candidates, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties,
-                           prefer_natural_close=wcfg.prefer_natural_close)
+        candidates += fresh
+        # Each prompt is drawn in one round only, so the filter needs only this round's candidates.
+        kept += select_best(fresh, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties,
+                            prefer_natural_close=wcfg.prefer_natural_close)
         kept_by_task = Counter(task_of[c.prompt_uid] for c in kept)
         draw.record(kept_by_task)
         log.info("warm-up round %d: %d prompts drawn, kept per task %s", draw.rounds, len(draw.drawn), dict(kept_by_task))

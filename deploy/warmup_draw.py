@@ -38,7 +38,6 @@ class PromptDraw:
         self._left: dict[str, list[Prompt]] = {}
         for p in self._pool:
             self._left.setdefault(p.task, []).append(p)
-        self._drawn: dict[str, int] = {t: 0 for t in self._left}
         self._kept: dict[str, int] = {t: 0 for t in self._left}
         self.drawn: list[Prompt] = []
         self.rounds = 0
@@ -53,7 +52,8 @@ class PromptDraw:
         short = self._min_kept - self._kept[task]
         if short <= 0 or not self._left[task]:
             return 0
-        rate = self._kept[task] / self._drawn[task] if self._drawn[task] else 0.0
+        drawn = sum(p.task == task for p in self.drawn)
+        rate = self._kept[task] / drawn if drawn else 0.0
         want = math.ceil(short / rate) if rate > 0 else self._batch
         return min(want, self._batch, len(self._left[task]))
 
@@ -73,8 +73,6 @@ class PromptDraw:
         taken = {p.uid for p in picked}
         for task, left in self._left.items():
             self._left[task] = [p for p in left if p.uid not in taken]
-        for p in picked:
-            self._drawn[p.task] += 1
         self.drawn.extend(picked)
         self.rounds += bool(picked)
         return picked
