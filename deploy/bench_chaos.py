@@ -27,6 +27,10 @@ from deepretrieval.common.config import PathsConfig
 from deepretrieval.common.train_config import TrainConfig
 
 
+VICTIMS = ("actor-0", "rewarder-0", "rewarder-1", "learner-0")
+"""The workers of `chaos_config` a trial may kill (one actor, two rewarders, the learner)."""
+
+
 def chaos_config(paths: PathsConfig, runs_dir: Path, trial: int, steps: int, engine: str) -> TrainConfig:
     return TrainConfig.model_validate({
         "run": f"chaos-{trial}", "max_steps": steps, "seed": trial,
@@ -58,7 +62,8 @@ def _stream_uids(url: str, run: str) -> set[str]:
     return uids
 
 
-def _trial(paths: PathsConfig, runs_dir: Path, trial: int, steps: int, engine: str, kills: int, rng: random.Random) -> dict[str, Any]:
+def _trial(paths: PathsConfig, runs_dir: Path, trial: int, steps: int, engine: str, kills: int, rng: random.Random,
+           victims: tuple[str, ...]) -> dict[str, Any]:
     from deepretrieval.deploy.launcher import launch
 
     cfg = chaos_config(paths, runs_dir, trial, steps, engine)
@@ -67,13 +72,18 @@ def _trial(paths: PathsConfig, runs_dir: Path, trial: int, steps: int, engine: s
     in_flight: set[str] = set()
 
     def on_tick(sup) -> None:
-        done = _steps_done(cfg)
-        while schedule and done >= schedule[0] * steps:
-            schedule.pop(0)
-            victim = rng.choice(["actor-0", "rewarder-0", "rewarder-1", "learner-0"])
-            pid = sup.pids()[victim]
-            os.kill(pid, signal.SIGKILL)
-            killed.append(victim)
+        # At most one kill a tick, among the workers alive now: a second kill in the same tick
+        # would find the first victim dead and not yet restarted.
+        if not schedule or _steps_done(cfg) < schedule[0] * steps:
+            return
+        live = sup.pids()
+        candidates = [v for v in victims if v in live]
+        if not candidates:
+            return
+        schedule.pop(0)
+        victim = rng.choice(candidates)
+        os.kill(live[victim], signal.SIGKILL)
+        killed.append(victim)
 
     def on_end(url: str) -> None:
         in_flight.update(_stream_uids(url, cfg.run))
@@ -96,10 +106,21 @@ def _steps_done(cfg: TrainConfig) -> int:
     return sum(1 for _ in f.open()) if f.exists() else 0
 
 
-def run(paths: PathsConfig, *, trials: int = 5, steps: int = 10, kills: int = 1, engine: str = "hf", seed: int = 0) -> dict[str, Any]:
-    """Run `trials` chaos trials; returns per-trial results and the totals."""
+def run(paths: PathsConfig, *, trials: int = 5, steps: int = 10, kills: int = 1, engine: str = "hf", seed: int = 0,
+        victims: tuple[str, ...] = VICTIMS) -> dict[str, Any]:
+    """Run `trials` chaos trials; returns per-trial results and the totals.
+
+    Args:
+        victims: the workers a kill chooses from (a subset of `VICTIMS`).
+
+    Raises:
+        ValueError: a victim is not a worker of the chaos run.
+    """
+    unknown = set(victims) - set(VICTIMS)
+    if not victims or unknown:
+        raise ValueError(f"victims must be a non-empty subset of {VICTIMS}, got {victims}")
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="dr-bench-chaos-") as tmp:
-        results = [_trial(paths, Path(tmp), i, steps, engine, kills, rng) for i in range(trials)]
+        results = [_trial(paths, Path(tmp), i, steps, engine, kills, rng, tuple(victims)) for i in range(trials)]
     return {"trials": trials, "lost": sum(r["lost"] for r in results), "duplicated": sum(r["duplicated"] for r in results),
             "kills": sum(len(r["killed"]) for r in results), "per_trial": results}

@@ -186,9 +186,29 @@ class Supervisor:
             self._start(role)
         return role
 
+    def _live_calls(self, roles: list[_Role], method: str) -> dict[str, object]:
+        """role-index -> what `method` returned, for each of `roles` whose process is alive.
+
+        A worker killed since the last `check` is skipped (its restart comes when `check` sees
+        its run end), so one dead process never fails the caller.
+        """
+        from ray.exceptions import RayActorError
+
+        out: dict[str, object] = {}
+        for r in roles:
+            try:
+                out[f"{r.name}-{r.index}"] = self._ray.get(getattr(r.handle, method).remote())
+            except RayActorError:
+                continue
+        return out
+
     def pids(self) -> dict[str, int]:
         """role-index -> OS pid of each live worker (the chaos benchmark kills them)."""
-        return {f"{r.name}-{r.index}": self._ray.get(r.handle.pid.remote()) for r in self.roles}
+        return self._live_calls(self.roles, "pid")  # type: ignore[return-value]
+
+    def stats(self, name: str) -> list[dict]:
+        """The `stats()` of each live worker of role `name` (e.g. 'rewarder')."""
+        return list(self._live_calls([r for r in self.roles if r.name == name], "stats").values())  # type: ignore[arg-type]
 
 
 def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
@@ -227,8 +247,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         try:
             while True:
                 done, _ = ray.wait([r.ref for r in sup.roles], timeout=1.0, num_returns=1)
-                rewarders = [r.handle for r in sup.roles if r.name == "rewarder"]
-                api_calls = sum(s.get("api_calls", 0) for s in ray.get([h.stats.remote() for h in rewarders]))
+                api_calls = sum(s.get("api_calls", 0) for s in sup.stats("rewarder"))
                 progress.update(api_calls)
                 evals.poll()
                 if on_tick is not None:
