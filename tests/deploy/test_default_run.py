@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deepretrieval.common.hardware import describe_cpu
+from deepretrieval.common.hardware import cpu_has_bf16, describe_cpu
 from deepretrieval.deploy.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
     sci = json.loads(scifact.read_text())["metrics"]
     tables = {"cpu": describe_cpu(), "train_seconds": train_s, "warmup": warm, "trained_tasks": learning,
               "scifact_bm25_transfer": {row: sci[row]["ndcg@10"] for row in ("original", "untrained", "warmup", "rl")}}
-    out = ROOT / "bench" / "results" / "learning-default-cpu.json"
+    out = ROOT / "bench" / "results" / f"learning-default-cpu{'-bf16' if cpu_has_bf16() else ''}.json"  # one file per machine kind
     out.write_text(json.dumps(tables, indent=2, default=str))
 
     assert warm["format_ok_after"] >= 0.9
