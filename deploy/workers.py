@@ -172,12 +172,9 @@ class LearnerWorker(_Worker):
                           publish=publish, group_size=cfg.sampling.n, checkpoint_root=cfg.run_dir / "checkpoints",
                           metrics_file=cfg.run_dir / "metrics.jsonl", tracer=get_tracer())
         try:
-            version = learner.resume()
+            learner.resume()
             latest = await coord.latest()
-            if latest is not None and latest.version >= version:
-                # A crashed lineage announced versions past our checkpoint: continue numbering after
-                # them, so versions never go backwards and actors load the resumed weights.
-                trainer.policy_version = latest.version + 1
+            learner.continue_numbering(None if latest is None else latest.version)
             if trainer.policy_version > 0:
                 await publish(trainer.policy_version)  # actors started from the base model or a lost lineage
             await learner.run(self._stop, cfg.max_steps)

@@ -43,7 +43,7 @@ class StepRecord:
         return json.dumps(self.values, default=float)
 
 
-def _batch_metrics(batch: Batch, version: int) -> dict[str, float]:
+def _batch_metrics(batch: Batch, lags: list[int]) -> dict[str, float]:
     rewards = [s.reward for s in batch.scored if s.reward is not None]
     fmt_fail = [s for s in batch.scored if s.status == "invalid"]
     lat = [s.latency_s for s in batch.scored if not s.cache_hit]
@@ -51,8 +51,8 @@ def _batch_metrics(batch: Batch, version: int) -> dict[str, float]:
         "reward_mean": fmean(rewards) if rewards else float("nan"),
         "reward_max": max(rewards) if rewards else float("nan"),
         "format_error_share": len(fmt_fail) / max(1, len(batch.scored)),
-        "staleness_mean": fmean(version - s.rollout.policy_version for s in batch.scored),
-        "staleness_max": float(max(version - s.rollout.policy_version for s in batch.scored)),
+        "staleness_mean": fmean(lags),
+        "staleness_max": float(max(lags)),
         "cache_hit_rate": sum(s.cache_hit for s in batch.scored) / max(1, len(batch.scored)),
         "search_latency_mean_s": fmean(lat) if lat else 0.0,
         "response_tokens_mean": fmean(len(s.rollout.response_token_ids) for s in batch.scored),
@@ -107,6 +107,24 @@ class Learner:
         log.info("resumed from %s: step %d, policy v%d, %d uids trained", path, self.trainer.step, self.trainer.policy_version, len(self.ledger))
         return self.trainer.policy_version
 
+    def continue_numbering(self, announced: int | None) -> int:
+        """After `resume`: number on after the versions a crashed predecessor announced past our checkpoint.
+
+        Versions never go backwards, so actors load the resumed weights; the batcher learns which
+        versions the lost lineage used (`Batcher.continue_lineage`).
+
+        Args:
+            announced: the newest version announced on the run's Redis, or None.
+
+        Returns:
+            The policy version this learner publishes next.
+        """
+        resumed = self.trainer.policy_version
+        if announced is not None and announced >= resumed:
+            self.trainer.policy_version = announced + 1
+            self.batcher.continue_lineage(resumed, self.trainer.policy_version)
+        return self.trainer.policy_version
+
     async def commit(self) -> Path:
         """Checkpoint (model, optimizer, RNG, step, version, trained uids), then ack what it covers."""
         path = checkpoint_path(self._ckpt_root, self.steps)
@@ -157,7 +175,7 @@ class Learner:
         record = {"optimizer_step": float(self.trainer.step), "policy_version": float(self.trainer.policy_version), "time": time.time(),
                   "wait_s": waited, "train_s": train_s, "publish_s": publish_s,
                   "groups_uniform": float(gstats.groups_uniform), "samples_trained": float(gstats.samples_out),
-                  **_batch_metrics(batch, version_before), **{k: float(v) for k, v in metrics.items()},
+                  **_batch_metrics(batch, [self.batcher.lag(s.rollout.policy_version, version_before) for s in batch.scored]), **{k: float(v) for k, v in metrics.items()},
                   "step": float(self.steps)}
         self._train_span(batch, record, start_ns)
         if self.cfg.checkpoint_every and self.steps % self.cfg.checkpoint_every == 0:

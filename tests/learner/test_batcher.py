@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from deepretrieval.common.config_pipeline import TransportConfig
 from deepretrieval.common.coordination import Coordinator
@@ -70,4 +71,33 @@ async def test_restart_gets_uncommitted_entries_back_and_the_ledger_drops_traine
     second.ledger.update(batch.uids)
     assert (await second.next_batch(0, block_ms=50)).group_ids == ["c"]
     assert second.stats.duplicates == 3
+    await t.close()
+
+
+def test_lag_counts_this_lineage_steps_and_not_the_lost_ones():
+    b = Batcher(None, None, "r", group_size=2, groups_per_step=1, max_staleness=2, ledger=set())  # type: ignore[arg-type]
+    assert b.lag(3, 7) == 4  # no restart: plain version difference
+    # Resumed at checkpoint v4 after a predecessor announced up to v6: this lineage starts at v7.
+    b.continue_lineage(resumed_version=4, first_version=7)
+    assert [b.lag(v, 7) for v in (2, 3, 4, 5, 6)] == [2, 1, 0, 0, 0]  # the checkpoint's lead on older samples only
+    assert b.lag(5, 9) == 2  # plus this lineage's own steps since it started
+    assert b.lag(8, 9) == 1  # a sample of this lineage: plain difference
+    with pytest.raises(ValueError, match="must follow"):
+        b.continue_lineage(resumed_version=4, first_version=4)
+
+
+async def test_groups_in_flight_at_a_learner_crash_are_trained_after_the_version_jump(redis_url):
+    t = _transport(redis_url)
+    coord = Coordinator(t._redis, "r")
+    # Checkpoint at v4; the crashed learner had announced v5 and v6; groups from v4..v6 were in flight.
+    for g, v in (("g4", 4), ("g5", 5), ("g6", 6)):
+        for i in range(2):
+            await t.publish(scored_stream("r"), scored(g, i, version=v))
+    resumed = _batcher(t, coord, max_staleness=2)
+    resumed.continue_lineage(resumed_version=4, first_version=7)
+    got = [(await resumed.next_batch(7 + step, block_ms=50)).group_ids[0] for step in range(2)]
+    assert got == ["g4", "g5"] and resumed.stats.groups_stale == 0
+    # By plain version numbers they were 3, 2 and 1 versions old at v7: g4 would have been dropped.
+    plain = _batcher(t, Coordinator(t._redis, "r2"), max_staleness=2)
+    assert plain.lag(4, 7) == 3 > 2
     await t.close()
