@@ -34,7 +34,9 @@ def _on_policy(model, samples: list[TrainSample]) -> list[TrainSample]:
 
 
 def _config(**optim) -> LearnerConfig:
-    return LearnerConfig(micro_batch_seqs=3, optim={"lr": 1e-3, **optim})
+    # float32 on every machine: these cases check the loss and its gradient to 1e-6, which bf16
+    # autocast (dtype "auto" on a CPU with bf16 hardware) does not reach.
+    return LearnerConfig(dtype="float32", micro_batch_seqs=3, optim={"lr": 1e-3, **optim})
 
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch(tiny_model, train_batch):
@@ -138,7 +140,7 @@ def test_latest_checkpoint_ignores_incomplete_folders(tmp_path, tiny_model):
 def test_two_fsdp_ranks_on_gloo_match_one_process(tiny_model_dir, train_batch, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    cfg = LearnerConfig(micro_batch_seqs=2, optim={"lr": 1e-3, "weight_decay": 0.01})
+    cfg = LearnerConfig(dtype="float32", micro_batch_seqs=2, optim={"lr": 1e-3, "weight_decay": 0.01})
     samples = _on_policy(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), train_batch)
     # Off-policy ratios so every path runs: A > 0 with r = e^0.3 = 1.35 (clipped high); A < 0 with
     # r = e^-0.3 = 0.74 (clipped low) or r = e^0.9 = 2.46 > C = 2 (truncated).
