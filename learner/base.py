@@ -30,14 +30,12 @@ class PublishablePolicy(Protocol):
     model: torch.nn.Module
     """The (possibly FSDP-sharded) policy whose parameters are published."""
 
-    def export_safetensors(self, out_dir: Path, *, dtype: torch.dtype | None = None, reuse: bool = False) -> Path:
+    def export_safetensors(self, out_dir: Path, *, dtype: torch.dtype | None = None) -> Path:
         """Write the policy as a Hugging Face safetensors folder at `out_dir` (rank 0 writes; collective).
 
         Args:
             out_dir: the folder to create.
             dtype: cast floating tensors to this; None keeps the master dtype.
-            reuse: `out_dir` already holds a private earlier export of the same model, whose
-                weights file may be overwritten in place.
 
         Returns:
             out_dir.
@@ -60,7 +58,6 @@ class WeightPublication:
         announced: whether the announcement now names this version (False when a newer one was
             already announced, or on ranks other than 0).
         pruned: folders deleted by this publication.
-        recycled: the retired version whose folder this publication overwrote in place, or None.
     """
 
     version: int
@@ -71,7 +68,6 @@ class WeightPublication:
     prune_s: float = 0.0
     announced: bool = False
     pruned: tuple[Path, ...] = field(default=())
-    recycled: int | None = None
 
     @property
     def total_s(self) -> float:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 import os
 import shutil
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -27,56 +26,6 @@ TOKENIZER_PATTERNS: tuple[str, ...] = (
     "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
     "chat_template.*", "generation_config.json",
 )
-
-
-# safetensors' dtype names (its format spec) of the dtypes a policy's state dict holds.
-_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
-                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-                       torch.bool: "BOOL"}
-
-
-def _safetensors_layout(path: Path) -> tuple[int, dict[str, dict]]:
-    """(offset of the data section, tensor name -> {dtype, shape, data_offsets}) from a safetensors header."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return 8 + n, header
-
-
-def rewrite_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> bool:
-    """Overwrite the tensor bytes of an existing safetensors file in place, if it holds exactly `tensors`' layout.
-
-    Writing into a file's existing pages skips what a fresh export pays: a serialised copy of every
-    tensor and new page-cache (tmpfs) pages for the whole file. The caller owns the file: readers
-    must not have it open (`FilesystemWeightSync` hides the folder under a private name first).
-
-    Args:
-        path: a safetensors file, e.g. a previous export of the same model.
-        tensors: name -> contiguous CPU tensor, already in the dtype to write.
-
-    Returns:
-        True when the file was rewritten; False (file untouched) when its tensor names, dtypes or
-        shapes differ from `tensors`'.
-    """
-    start, layout = _safetensors_layout(path)
-    if set(layout) != set(tensors):
-        return False
-    for name, t in tensors.items():
-        entry = layout[name]
-        if entry["dtype"] != _SAFETENSORS_DTYPES.get(t.dtype) or entry["shape"] != list(t.shape):
-            return False
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        for name, t in tensors.items():
-            offset = start + layout[name]["data_offsets"][0]
-            view = memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-    finally:
-        os.close(fd)
-    return True
 
 
 def tied_parameter_names(model: torch.nn.Module) -> list[str]:
@@ -113,7 +62,6 @@ def write_hf_checkpoint(
     drop_keys: Collection[str] = (),
     dtype: torch.dtype | None = None,
     generation_config: object | None = None,
-    reuse: bool = False,
 ) -> Path:
     """Write a Hugging Face checkpoint folder atomically (single process; call it on rank 0).
 
@@ -126,29 +74,24 @@ def write_hf_checkpoint(
         drop_keys: keys not to write (tied weights, which the loader re-ties).
         dtype: cast floating tensors to this; None keeps them as they are.
         generation_config: saved as generation_config.json when the source folder has none.
-        reuse: `out_dir` is an earlier export of the same model that nobody else reads: when its
-            weights file has the same tensors, dtypes and shapes, overwrite their bytes in place
-            (`rewrite_safetensors`) and keep its other files; otherwise write a new folder.
 
     Returns:
         out_dir.
     """
     out_dir = Path(out_dir)
-    tensors = {}
-    for name, tensor in state_dict.items():
-        if name in drop_keys:
-            continue
-        t = tensor.detach()
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        tensors[name] = t.contiguous()
-    if reuse and (out_dir / WEIGHTS_FILE).is_file() and rewrite_safetensors(out_dir / WEIGHTS_FILE, tensors):
-        return out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        tensors = {}
+        for name, tensor in state_dict.items():
+            if name in drop_keys:
+                continue
+            t = tensor.detach()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            tensors[name] = t.contiguous()
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         cfg = copy.deepcopy(config)
         if dtype is not None or tensors:

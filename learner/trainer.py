@@ -245,7 +245,7 @@ class Trainer:
         """The consolidated CPU state dict on rank 0 ({} elsewhere). Collective; read-only tensors."""
         return full_state_dict(self.model)
 
-    def export_safetensors(self, out_dir: Path, *, dtype: torch.dtype | None = None, reuse: bool = False) -> Path:
+    def export_safetensors(self, out_dir: Path, *, dtype: torch.dtype | None = None) -> Path:
         """Write the current policy as a Hugging Face folder (rank 0 writes; collective).
 
         Tied weights (SmolLM2's lm_head) are written once, under the embedding's name.
@@ -253,13 +253,11 @@ class Trainer:
         Args:
             out_dir: the folder, replaced atomically when it exists.
             dtype: cast the weights (e.g. torch.bfloat16 for GPU actors); None keeps float32.
-            reuse: `out_dir` is a private earlier export of this model: overwrite its weights in
-                place when their layout matches (`export.write_hf_checkpoint`).
         """
         state = self.full_state_dict()
         if self.rank == 0:
             write_hf_checkpoint(Path(out_dir), state, self.model_config, source_dir=self.source_dir,
-                                drop_keys=self.tied_names, dtype=dtype, generation_config=self.generation_config, reuse=reuse)
+                                drop_keys=self.tied_names, dtype=dtype, generation_config=self.generation_config)
         barrier()
         return Path(out_dir)
 

@@ -11,18 +11,9 @@ is removed and nothing is announced. Deletion renames a folder to a hidden name 
 for the same reason. Files are not fsynced: this guards against a crashed process, not a power
 cut (a lost version is re-published from the learner's checkpoint).
 
-Recycling: a version that retention drops once the new one is announced is not deleted but
-renamed to the new version's hidden partial folder, and its weights file is overwritten in place
-(`export.rewrite_safetensors`, when the tensors' layout matches). A fresh export pays for a
-serialised copy of every tensor and for new page-cache pages of the whole file; a rewrite is one
-copy into pages that exist (bench weightsync: docs/design-notes.md). The announced version and
-anything newer are never recycled.
-
 Retention race: an actor still reading version v when v is pruned keeps its open files (POSIX
 unlink semantics), but one that *starts* loading v after the prune fails; with `keep >= 2` that
-needs `keep` publications within one actor reload (~0.4 s), which a learner step never is. A
-recycled version is overwritten rather than unlinked, so a reader that slow would see new bytes:
-the same `keep` publications within one reload, which the same argument rules out.
+needs `keep` publications within one actor reload (~0.4 s), which a learner step never is.
 """
 
 from __future__ import annotations
@@ -147,15 +138,11 @@ class FilesystemWeightSync:
         partial = self.root / f".{target.name}.partial-{os.getpid()}"
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        recycled = None
         if writer:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(partial, ignore_errors=True)
-            now = await self._coordinator.latest()
-            recycled = self._recycle(version, None if now is None else now.version, partial)
         try:
-            await loop.run_in_executor(None, functools.partial(policy.export_safetensors, partial, dtype=self._dtype,
-                                                               reuse=recycled is not None))
+            await loop.run_in_executor(None, functools.partial(policy.export_safetensors, partial, dtype=self._dtype))
             if writer:
                 if not any(partial.glob("*.safetensors")):
                     raise RuntimeError(f"export_safetensors wrote no *.safetensors into {partial}")
@@ -182,23 +169,10 @@ class FilesystemWeightSync:
         # Deleting a version is blocking file I/O; actors can load the announced one meanwhile.
         pruned = await loop.run_in_executor(None, self._prune, latest.version) if latest is not None else []
         prune_s = time.perf_counter() - t0
-        log.info("published policy v%d (%.0f MB%s) in %.2fs + announce %.3fs + prune %.3fs", version, nbytes / 1e6,
-                 "" if recycled is None else f", over v{recycled}", export_s, announce_s, prune_s)
+        log.info("published policy v%d (%.0f MB) in %.2fs + announce %.3fs + prune %.3fs", version, nbytes / 1e6,
+                 export_s, announce_s, prune_s)
         return WeightPublication(version=version, weights_dir=target, bytes=nbytes, export_s=export_s,
-                                 announce_s=announce_s, prune_s=prune_s, announced=announced, pruned=tuple(pruned),
-                                 recycled=recycled)
-
-    def _recycle(self, version: int, announced: int | None, partial: Path) -> int | None:
-        """Rename the oldest version retention drops once `version` is announced to `partial`; returns it (or None).
-
-        Never the version announced now (`announced`) or a newer one: actors may be loading it.
-        """
-        after = sorted({*published_versions(self.root), version})
-        retired = [v for v in versions_to_prune(after, version, self._keep) if announced is None or v < announced]
-        if not retired:
-            return None
-        self.version_dir(retired[0]).rename(partial)
-        return retired[0]
+                                 announce_s=announce_s, prune_s=prune_s, announced=announced, pruned=tuple(pruned))
 
     @staticmethod
     def _move_into_place(partial: Path, target: Path) -> None:
