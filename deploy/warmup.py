@@ -11,8 +11,7 @@ reward would be the format penalty and GRPO would get no gradient. The warm-up f
 4. score them, and each request sent as is, with the run's rewarder (same backends, cache, rate
    limiter, retries and `rl.reward` / `rl.search.*` spans as training);
 5. keep per prompt the best completion that beats its original request (learner/sft.py; with
-   `keep_ties`, also one exactly as good as a request that already works as a query, in tasks
-   that search the policy's query alone (`ties_count`); with
+   `keep_ties`, also one exactly as good as a request that already works as a query; with
    `prefer_natural_close`, "best" puts reasoning the model closed itself before reasoning the
    grammar cut at its length cap);
 6. fine-tune on them with the learner's Trainer (`sft_step`: cross-entropy on completion tokens,
@@ -35,7 +34,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from deepretrieval.common.answer_format import parse_answer
-from deepretrieval.common.tasks import TaskSpec
 from deepretrieval.common.train_config import TrainConfig
 from deepretrieval.common.warmup_config import WarmupConfig
 from deepretrieval.common.wire import Prompt, Rollout
@@ -114,17 +112,6 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
     return per_task
 
 
-def ties_count(spec: TaskSpec, wcfg: WarmupConfig) -> bool:
-    """Whether the rejection filter keeps, for this task, a completion that ties a working request.
-
-    A tie in `rewrite` mode is a query that retrieves as well as the request: a faithful rewrite in
-    the answer format. In `expand` mode the request itself is searched, so a tie means the policy's
-    added terms changed nothing; keeping it teaches the model to append words at random, which a
-    collection it never trained on pays for (docs/design-notes.md, run F).
-    """
-    return wcfg.keep_ties and spec.query.mode == "rewrite"
-
-
 def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupConfig, stages: dict[str, float]) -> tuple:
     """The draw's rounds: sample constrained, score with the originals, re-run the rejection filter, report kept per task.
 
@@ -161,9 +148,8 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
             scored.append(s)
         candidates += fresh
         # Each prompt is drawn in one round only, so the filter needs only this round's candidates.
-        for task in sorted({task_of[c.prompt_uid] for c in fresh}):
-            kept += select_best([c for c in fresh if task_of[c.prompt_uid] == task], baseline, margin=wcfg.margin,
-                                keep_ties=ties_count(specs[task], wcfg), prefer_natural_close=wcfg.prefer_natural_close)
+        kept += select_best(fresh, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties,
+                            prefer_natural_close=wcfg.prefer_natural_close)
         kept_by_task = Counter(task_of[c.prompt_uid] for c in kept)
         draw.record(kept_by_task)
         log.info("warm-up round %d: %d prompts drawn, kept per task %s", draw.rounds, len(draw.drawn), dict(kept_by_task))

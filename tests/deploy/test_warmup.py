@@ -8,8 +8,6 @@ SciFact claims are already strong BM25 queries, so few constrained rewrites beat
 
 from __future__ import annotations
 
-import pytest
-
 import json
 
 from deepretrieval.deploy.cli import main
@@ -59,13 +57,3 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
     assert report["format_ok_after"] > report["format_ok_before"]
     policy = tmp_path / "runs" / "warm" / "warmup" / "policy"
     assert (policy / "model.safetensors").is_file() and (policy / "tokenizer.json").is_file()
-
-
-@pytest.mark.parametrize(("mode", "keep_ties", "expected"), [("rewrite", True, True), ("expand", True, False), ("rewrite", False, False)])
-def test_ties_count_only_where_the_policy_query_is_searched_alone(mode, keep_ties, expected):
-    from deepretrieval.common.tasks import get_task
-    from deepretrieval.common.warmup_config import WarmupConfig
-    from deepretrieval.deploy.warmup import ties_count
-
-    spec = get_task("sparse", {"query": {"mode": mode, **({"original_repeats": 2} if mode == "expand" else {})}})
-    assert ties_count(spec, WarmupConfig(keep_ties=keep_ties)) is expected
