@@ -61,6 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("--max-new-tokens", type=int, default=48)
     lg.add_argument("--temperature", type=float, default=1.0)
 
+    ll = _leaf(bsub, "linear-layout", "vLLM CPU weights prepacked (oneDNN) vs plain: reload and repack vs memcpy, tokens/s", run_linear_layout)
+    ll.add_argument("--model", default="smollm2-135m-instruct", help="policy checkpoint (default: the converted SmolLM2)")
+    ll.add_argument("--dtype", default="bfloat16", help="engine dtype (bfloat16 needs bf16 hardware to be fast)")
+    ll.add_argument("--cores", default="0-1", help="cores the engine binds to (VLLM_CPU_OMP_THREADS_BIND)")
+
     a = _leaf(bsub, "async", "the same steps through --mode sync and --mode async, with API latency", run_async)
     a.add_argument("--reward-latency-ms", type=float, default=200.0, help="latency the PubMed emulator adds per call")
     a.add_argument("--steps", type=int, default=8, help="learner steps per mode")
@@ -120,6 +125,14 @@ def run_cache(args: argparse.Namespace) -> int:
     from deepretrieval.deploy.bench_cache import run
 
     return _emit(args, run(paths_from_args(args), dataset=args.dataset, requests=args.requests, duplicate_fraction=args.duplicate_fraction))
+
+
+def run_linear_layout(args: argparse.Namespace) -> int:
+    from deepretrieval.common.model_fetch import resolve_model
+    from deepretrieval.deploy.bench_linear_layout import run
+
+    model_dir = Path(resolve_model(args.model, paths_from_args(args).models_dir))
+    return _emit(args, run(model_dir, dtype=args.dtype, cores=args.cores))
 
 
 def run_logprob_gap(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""What vLLM's prepacked CPU linear weights cost a weight update, and what dropping them costs generation.
+"""Benchmark: what vLLM's prepacked CPU linear weights cost a weight update, and what dropping them costs generation.
 
 On CPU, vLLM hands each linear layer's weight to oneDNN, which reorders it into its own blocked
 layout and drops the plain parameter (`vllm.model_executor.layers.utils.dispatch_cpu_unquantized_gemm`).
@@ -12,15 +12,14 @@ the engine loads):
 - `repack_s`: re-creating the oneDNN handles alone from weights already in memory (best of 3);
 - `memcpy_s`: a copy of the engine's weight bytes, the floor any update pays.
 
-    .venv/bin/python bench/vllm_cpu_linear_layout.py --model models/smollm2-135m-instruct \
-        --dtype bfloat16 --json bench/results/vllm-cpu-linear-layout.json
+    deepretrieval bench linear-layout --dtype bfloat16 --json bench/results/vllm-cpu-linear-layout.json
 
-The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) bound to `--cores`.
+Each layout runs in a child process (`python -m deepretrieval.deploy.bench_linear_layout`) with
+the engine core in that process (VLLM_ENABLE_V1_MULTIPROCESSING=0), bound to `cores`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -78,36 +77,19 @@ def measure(model: str, dtype: str, layout: str) -> dict:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="a Hugging Face folder")
-    ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--cores", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
-    ap.add_argument("--json", type=Path, help="write the result here")
-    ap.add_argument("--layout", choices=["prepacked", "plain"], help=argparse.SUPPRESS)  # one layout, in a child process
-    args = ap.parse_args()
-    if args.layout:
-        print(json.dumps(measure(args.model, args.dtype, args.layout)))
-        return 0
+def run(model_dir: Path, *, dtype: str = "bfloat16", cores: str = "0-1") -> dict:
+    """Both layouts, each in a fresh process (the layout is fixed when an engine loads)."""
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2",
-           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": args.cores}
+           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": cores}
     rows = {}
     for layout in ("prepacked", "plain"):
-        proc = subprocess.run([sys.executable, __file__, "--model", args.model, "--dtype", args.dtype, "--layout", layout],
+        proc = subprocess.run([sys.executable, "-m", __name__, str(model_dir), dtype, layout],
                               env=env, capture_output=True, text=True, check=True)
         rows[layout] = json.loads(proc.stdout.strip().splitlines()[-1])
-    from deepretrieval.common.hardware import describe_cpu
-
-    result = {"bench": "vllm-cpu-linear-layout", "date": time.strftime("%Y-%m-%d"), "cpu": describe_cpu(), "cores": args.cores,
-              "model": args.model, **rows,
-              "plain_over_prepacked_tokens_per_s": round(rows["plain"]["tokens_per_s"] / rows["prepacked"]["tokens_per_s"], 3),
-              "repack_over_memcpy": round(rows["prepacked"]["repack_s"] / rows["prepacked"]["memcpy_s"], 1)}
-    text = json.dumps(result, indent=2)
-    if args.json:
-        args.json.write_text(text + "\n")
-    print(text)
-    return 0
+    return {"cores": cores, "model": str(model_dir), **rows,
+            "plain_over_prepacked_tokens_per_s": round(rows["plain"]["tokens_per_s"] / rows["prepacked"]["tokens_per_s"], 3),
+            "repack_over_memcpy": round(rows["prepacked"]["repack_s"] / rows["prepacked"]["memcpy_s"], 1)}
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # one layout: MODEL_DIR DTYPE LAYOUT, a JSON line on stdout
+    print(json.dumps(measure(sys.argv[1], sys.argv[2], sys.argv[3])))
