@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "use the mode the policy was trained with (default: the task's, rewrite)")
     p.add_argument("--original-repeats", type=int, default=None,
                    help="expand: times the request is repeated before the rewrite (default 2)")
+    p.add_argument("--new-terms-only", action="store_true",
+                   help="expand: append only the rewrite's words the request lacks, each once (use as the policy was trained)")
     p.add_argument("--rewrites-out", type=Path, default=None, help="write every rewrite (query, reasoning, format error) as JSONL here")
     p.add_argument("--json", type=Path, default=None, dest="json_out", help="write the report as JSON here")
     add_common_args(p)
@@ -80,15 +82,18 @@ def parse_rewriters(values: list[str]) -> list[tuple[str, Path]]:
 
 
 def composition_from_args(args: argparse.Namespace) -> QueryComposition | None:
-    """The query composition `--query-mode` / `--original-repeats` ask for; None = the task's own."""
-    if args.original_repeats is not None and args.query_mode != "expand":
-        raise ConfigError("--original-repeats needs --query-mode expand")
+    """The query composition `--query-mode` / `--original-repeats` / `--new-terms-only` ask for; None = the task's own."""
+    for flag, given in (("--original-repeats", args.original_repeats is not None), ("--new-terms-only", args.new_terms_only)):
+        if given and args.query_mode != "expand":
+            raise ConfigError(f"{flag} needs --query-mode expand")
     if args.query_mode is None:
         return None
     fields = {"mode": args.query_mode}
     if args.original_repeats is not None:
         fields["original_repeats"] = args.original_repeats
-    return validate_config(QueryComposition, fields, source="--query-mode/--original-repeats")
+    if args.new_terms_only:
+        fields["new_terms_only"] = True
+    return validate_config(QueryComposition, fields, source="--query-mode/--original-repeats/--new-terms-only")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str]
         if rw.error:
             errors[rw.error] = errors.get(rw.error, 0) + 1
     stats = {"rewriter": str(model_dir), "engine": engine, "task": task.name, "query_mode": compose.mode,
-             **({"original_repeats": compose.original_repeats} if compose.mode == "expand" else {}), "rewrite_seconds": round(seconds, 2),
+             **({"original_repeats": compose.original_repeats, "new_terms_only": compose.new_terms_only} if compose.mode == "expand" else {}), "rewrite_seconds": round(seconds, 2),
              "format_broken_share": sum(rw.query is None for rw in rewrites.values()) / max(1, len(rewrites)),
              "format_errors": errors}
     return strict, fallback, stats

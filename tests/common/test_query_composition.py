@@ -3,7 +3,7 @@
 import pytest
 
 from deepretrieval.common.errors import ConfigError
-from deepretrieval.common.query_composition import QueryComposition
+from deepretrieval.common.query_composition import QueryComposition, new_terms, term_key
 from deepretrieval.common.tasks import get_task
 
 
@@ -32,3 +32,23 @@ def test_expand_is_refused_where_the_request_would_become_query_syntax(task):
 def test_malformed_composition_names_the_field(bad):
     with pytest.raises(ConfigError, match="query"):
         get_task("sparse", {"query": bad})
+
+
+def test_new_terms_only_appends_just_the_words_the_request_lacks():
+    expand = QueryComposition(mode="expand", original_repeats=2, new_terms_only=True)
+    # a copied word (any case, plural folded) adds nothing; a new word is added once, in order
+    assert expand.compose("Vitamin D deficiency", "vitamin d deficiencies rickets Rickets bone") == (
+        "Vitamin D deficiency Vitamin D deficiency rickets bone")
+    # a verbatim or partial copy of the request searches exactly the request
+    assert expand.compose("statins lower LDL", "statins lower") == "statins lower LDL statins lower LDL"
+    assert expand.compose("stress", "stress\u00a0(Cells)") == "stress stress Cells"
+
+
+def test_new_terms_only_keeps_words_that_only_look_plural():
+    assert new_terms("cell stress", "cells stresses glass gla gas") == ["glass", "gla", "gas"]
+    assert term_key("deficiencies") == term_key("deficiency") and term_key("gas") == "gas"
+
+
+def test_new_terms_only_needs_expand():
+    with pytest.raises(ConfigError, match="new_terms_only"):
+        get_task("sparse", {"query": {"new_terms_only": True}})

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from deepretrieval.common.config import load_config
 from deepretrieval.common.hardware import cpu_has_bf16, describe_cpu
+from deepretrieval.common.train_config import TrainConfig
 from deepretrieval.deploy.cli import main
+from deepretrieval.deploy.rollout_scoring import task_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,8 +30,13 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
     home = tmp_path / "home"
     overrides = ["--set", f"paths.data_root={data_root}", "--set", f"paths.index_dir={index_root}",
                  "--set", f"paths.models_dir={models_dir}", "--set", f"paths.runs_dir={home / 'runs'}"]
+    config = ROOT / "configs" / "default-cpu.yaml"
+    # SciFact is searched as the policy learnt to search NFCorpus: the same query composition
+    compose = task_specs(load_config(TrainConfig, config))["sparse"].query
+    compose_args = ["--query-mode", compose.mode] + (["--original-repeats", str(compose.original_repeats)] if compose.mode == "expand" else []) \
+        + (["--new-terms-only"] if compose.new_terms_only else [])
     t0 = time.monotonic()
-    assert main(["train", "--config", str(ROOT / "configs" / "default-cpu.yaml"), *overrides]) == 0
+    assert main(["train", "--config", str(config), *overrides]) == 0
     train_s = time.monotonic() - t0
     run = home / "runs" / "default-cpu"
     learning = json.loads((run / "learning.json").read_text())
@@ -38,9 +46,9 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
     assert main(["eval", "--dataset", "scifact", "--max-queries", "100", "--data-root", str(data_root), "--home", str(index_root.parent),
                  "--rewriter", f"untrained={policy_dir}", "--rewriter", f"warmup={run / 'warmup' / 'policy'}",
                  "--rewriter", f"rl={run / 'weights' / f'v{final:06d}'}", "--json", str(scifact),
-                 "--query-mode", "expand", "--original-repeats", "2"]) == 0  # as the policy was trained on NFCorpus
+                 "--rewrites-out", str(run / "scifact-rewrites.jsonl"), *compose_args]) == 0
     sci = json.loads(scifact.read_text())["metrics"]
-    tables = {"cpu": describe_cpu(), "train_seconds": train_s, "warmup": warm, "trained_tasks": learning,
+    tables = {"cpu": describe_cpu(), "train_seconds": train_s, "scifact_query_composition": compose.model_dump(), "warmup": warm, "trained_tasks": learning,
               "scifact_bm25_transfer": {row: sci[row]["ndcg@10"] for row in ("original", "untrained", "warmup", "rl")}}
     out = ROOT / "bench" / "results" / f"learning-default-cpu{'-bf16' if cpu_has_bf16() else ''}.json"  # one file per machine kind
     out.write_text(json.dumps(tables, indent=2, default=str))

@@ -98,8 +98,8 @@ def test_eval_query_mode_flags_are_checked_at_the_edge():
     from deepretrieval.common.errors import ConfigError
     from deepretrieval.deploy.cmd_eval import composition_from_args
 
-    def args(mode, repeats):
-        return argparse.Namespace(query_mode=mode, original_repeats=repeats)
+    def args(mode, repeats, new_terms_only=False):
+        return argparse.Namespace(query_mode=mode, original_repeats=repeats, new_terms_only=new_terms_only)
 
     assert composition_from_args(args(None, None)) is None
     assert composition_from_args(args("expand", None)).original_repeats == 2
@@ -110,3 +110,6 @@ def test_eval_query_mode_flags_are_checked_at_the_edge():
         composition_from_args(args("rewrite", 2))
     with pytest.raises(ConfigError, match="original_repeats"):
         composition_from_args(args("expand", 0))
+    assert composition_from_args(args("expand", 1, True)).compose("a b", "b c") == "a b c"
+    with pytest.raises(ConfigError, match="--new-terms-only needs --query-mode expand"):
+        composition_from_args(args(None, None, True))
