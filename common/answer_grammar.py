@@ -148,6 +148,10 @@ def _tag_free_parts(plain: Callable[[str], str]) -> tuple[str, str]:
     return token, tail
 
 
+# What a prose reasoning (`answer_regex(..., prose_reasoning=True)`) never holds besides "<".
+PROSE_EXCLUDED = '{}[]"'
+
+
 # The builders below are pure; memoised because the parser checks every completion against
 # `json_object_regex` and building it takes about a millisecond.
 @lru_cache(maxsize=1)
@@ -202,7 +206,7 @@ def json_object_regex(key: str, body: str | None = None) -> str:
     return f'{_WSJ}\\{{{_WSJ}"{re.escape(key)}"{_WSJ}:{_WSJ}"{body}"{_WSJ}\\}}{_WSJ}'
 
 
-def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None) -> str:
+def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None, *, prose_reasoning: bool = False) -> str:
     r"""A regex matching exactly the completions `parse_answer(completion, fmt)` accepts.
 
     For grammar-constrained sampling (e.g. vLLM `StructuredOutputsParams(regex=...)`). Match it
@@ -215,16 +219,23 @@ def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None) -> s
             most N characters and holds no "<" at all (a bounded tag-free language has no compact
             regex), and the value is `plain_string_body_regex` (fast to mask); every match is still
             accepted by the parser, which accepts more (longer reasoning, "<", `\u` escapes).
+        prose_reasoning: with `max_reasoning_chars`, the reasoning also holds none of
+            `PROSE_EXCLUDED` (JSON brackets and double quotes): prose, never an answer-like object
+            or a list of quoted strings, which a policy fine-tuned on such samples goes on writing
+            in place of its answer (docs/design-notes.md, run I).
 
     Returns:
         The regex (no anchors; use `re.fullmatch` in Python).
     """
     if max_reasoning_chars is None:
+        if prose_reasoning:
+            raise ValueError("prose_reasoning needs max_reasoning_chars (the sampling grammar)")
         reasoning, body = tag_free_text_regex(), None
     else:
         if max_reasoning_chars < 0:
             raise ValueError(f"max_reasoning_chars must be >= 0, got {max_reasoning_chars}")
-        reasoning, body = f"[^<]{{0,{max_reasoning_chars}}}", plain_string_body_regex()
+        excluded = "<" + (re.escape(PROSE_EXCLUDED) if prose_reasoning else "")
+        reasoning, body = f"[^{excluded}]{{0,{max_reasoning_chars}}}", plain_string_body_regex()
     answer = f"{re.escape(ANSWER_OPEN)}{json_object_regex(fmt.key, body)}{re.escape(ANSWER_CLOSE)}{_WSJ}"
     think_block = f"{reasoning}{re.escape(THINK_CLOSE)}{_WSJ}"
     if fmt.think == "prefill":

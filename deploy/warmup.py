@@ -75,7 +75,8 @@ def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConf
 def _constrained_rollouts(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, wcfg: WarmupConfig) -> list[Rollout]:
     from deepretrieval.common.answer_grammar import answer_regex
 
-    regexes = {name: answer_regex(spec.answer, max_reasoning_chars=wcfg.max_reasoning_chars) for name, spec in task_specs(cfg).items()}
+    regexes = {name: answer_regex(spec.answer, max_reasoning_chars=wcfg.max_reasoning_chars, prose_reasoning=wcfg.prose_reasoning)
+               for name, spec in task_specs(cfg).items()}
     params = cfg.sampling.model_copy(update={"n": wcfg.samples_per_prompt})
     return sample_rollouts(engine, tokenizer, prompts, params, regexes=regexes, batch_prompts=wcfg.batch_prompts)
 
@@ -87,8 +88,9 @@ def closed_at_cap(completion: str, fmt, max_reasoning_chars: int) -> bool:
 
 
 def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence, scored: Sequence, baseline: dict[str, float],
-                     kept: Sequence) -> dict:
-    """Every scored constrained completion as a JSON line (task, request, completion, reward, original's reward, forced close, kept).
+                     kept: Sequence, trimmed: dict[str, str] | None = None) -> dict:
+    """Every scored constrained completion as a JSON line (task, request, completion, reward, original's reward, forced close,
+    kept, and the trimmed text fine-tuned on instead, if any).
 
     Returns:
         per task: prompts, candidates, format-valid candidates, prompts kept.
@@ -108,7 +110,8 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
             row["kept"] += s.rollout.uid in kept_uids
             f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": s.rollout.completion,
                                 "status": s.status, "reward": s.reward, "original_reward": baseline.get(p.uid),
-                                "forced_close": c.forced_close, "kept": s.rollout.uid in kept_uids}) + "\n")
+                                "forced_close": c.forced_close, "kept": s.rollout.uid in kept_uids,
+                                "trimmed": (trimmed or {}).get(s.rollout.uid)}) + "\n")
     return per_task
 
 
@@ -154,6 +157,37 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
         draw.record(kept_by_task)
         log.info("warm-up round %d: %d prompts drawn, kept per task %s", draw.rounds, len(draw.drawn), dict(kept_by_task))
     return candidates, scored, baseline, kept, unavailable
+
+
+def trim_kept(kept: Sequence, scored: Sequence, task_of: dict[str, str], cfg: TrainConfig, tokenizer) -> tuple[list, dict[str, str]]:
+    """Kept completions cut at the reasoning cap, closed after their last complete sentence (learner/sft.py).
+
+    The trimmed text is re-tokenised; the special tokens that ended the sampled response (EOS)
+    still end it, so SFT still teaches the model to stop.
+
+    Returns:
+        (the kept candidates, trimmed ones replaced; kept uid -> trimmed completion).
+    """
+    from dataclasses import replace
+
+    from deepretrieval.learner.sft import trim_cut_reasoning
+
+    specs = task_specs(cfg)
+    completion = {s.rollout.uid: s.rollout.completion for s in scored}
+    special = set(tokenizer.all_special_ids)
+    out, trimmed = [], {}
+    for c in kept:
+        text = trim_cut_reasoning(completion[c.uid], specs[task_of[c.prompt_uid]].answer) if c.forced_close else None
+        if text is None:
+            out.append(c)
+            continue
+        end = len(c.response_ids)
+        while end and c.response_ids[end - 1] in special:
+            end -= 1
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + list(c.response_ids[end:])
+        out.append(replace(c, response_ids=ids, forced_close=False))
+        trimmed[c.uid] = text
+    return out, trimmed
 
 
 def _fine_tune(model_dir: Path, kept: list, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path) -> dict:
@@ -212,11 +246,15 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
 
         candidates, scored, baseline, kept, unavailable = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, stages)
         train = draw.drawn
-        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, scored, baseline, kept)
-        log.info("warm-up: kept %d of %d prompts (%d candidates)", len(kept), len(train), len(candidates))
+        task_of = {p.uid: p.task for p in train}
+        trimmed: dict[str, str] = {}
+        if wcfg.trim_cut_reasoning:
+            kept, trimmed = trim_kept(kept, scored, task_of, cfg, tokenizer)
+        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, scored, baseline, kept, trimmed)
+        log.info("warm-up: kept %d of %d prompts (%d candidates, %d trimmed)", len(kept), len(train), len(candidates), len(trimmed))
 
         mark = time.perf_counter()
-        sft = _fine_tune(model_dir, kept, {p.uid: p.task for p in train}, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
+        sft = _fine_tune(model_dir, kept, task_of, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
         if not kept:
             log.warning("warm-up: no completion beat its original request; the policy is exported unchanged")
             import shutil
@@ -233,7 +271,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
     report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept),
               "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
-              "kept_forced_close": sum(c.forced_close for c in kept), "prompts": len(train), "rounds": draw.rounds,
+              "kept_forced_close": sum(c.forced_close for c in kept) + len(trimmed), "kept_trimmed": len(trimmed), "prompts": len(train), "rounds": draw.rounds,
               "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),

@@ -12,13 +12,19 @@ Shapes: B sequences, T response positions (right-padded).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from deepretrieval.common.answer_format import AnswerFormat, parse_answer
+from deepretrieval.common.answer_grammar import THINK_CLOSE
 from deepretrieval.learner.sequences import TrainSample
+
+# Where a sentence ends: terminal punctuation followed by whitespace or the end, or a line break.
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,45 @@ def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], 
         if held is None or _preference(c, prefer_natural_close) > _preference(held, prefer_natural_close):
             best[c.prompt_uid] = c
     return list(best.values())
+
+
+def trim_cut_reasoning(completion: str, fmt: AnswerFormat) -> str | None:
+    """A completion whose reasoning was cut at the grammar's cap, closed after its last complete sentence instead.
+
+    The grammar ends a reasoning that reaches `max_reasoning_chars` wherever it is ("…rapid
+    grow</think>"); fine-tuned on that, free sampling writes `</think>` in mid-sentence, or never.
+    The trimmed text keeps the reasoning up to its last sentence end (".", "!" or "?" before
+    whitespace, or a line break); with none, its whole words followed by "." The answer block,
+    hence the reward, is unchanged. Used for SFT targets only, whose log-probs never matter.
+
+    Args:
+        completion: a format-valid completion (the text after the prompt and prefill).
+        fmt: its task's answer format (a format without reasoning has nothing to trim).
+
+    Returns:
+        the trimmed completion, or None when there is nothing to trim to (no reasoning, a single
+        word, or the reasoning already ends a sentence) or the result would not parse.
+    """
+    parsed = parse_answer(completion, fmt)
+    if not parsed.ok or not parsed.reasoning or fmt.think == "none":
+        return None
+    reasoning = parsed.reasoning.rstrip()
+    ends = [m.end() for m in _SENTENCE_END.finditer(reasoning)]
+    if ends and ends[-1] == len(reasoning):
+        return None
+    if ends:
+        head = reasoning[:ends[-1]].rstrip()
+    else:
+        words = reasoning.rsplit(None, 1)
+        if len(words) < 2:
+            return None
+        head = words[0].rstrip(",;:-") + "."
+    if not head.strip():
+        return None
+    close = completion.index(THINK_CLOSE)
+    start = close - len(parsed.reasoning)
+    trimmed = completion[:start] + head + completion[close:]
+    return trimmed if parse_answer(trimmed, fmt).ok else None
 
 
 def epoch_order(groups: Sequence[str], rng: random.Random, *, balance: bool = False) -> list[int]:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from deepretrieval.common.answer_format import AnswerFormat, FormatError, format_instruction, parse_answer
-from deepretrieval.common.answer_grammar import UNICODE_WHITESPACE, answer_regex, json_string_body_regex, plain_string_body_regex
+from deepretrieval.common.answer_grammar import PROSE_EXCLUDED, UNICODE_WHITESPACE, answer_regex, json_string_body_regex, plain_string_body_regex
 
 QUERY = AnswerFormat(key="query")
 SQL = AnswerFormat(key="sql")
@@ -198,6 +198,26 @@ def test_sampling_grammar_masks_fast():
                      ('short</think><answer>{"query": "a \\"b\\" c"}</answer>', True),
                      ('short</think><answer>{"query": " a"}</answer>', False)]:
         assert xgr_testing._is_grammar_accept_string(grammar, text) == ok, text
+
+
+def test_prose_reasoning_keeps_brackets_and_quotes_out_of_the_reasoning_only():
+    pytest.importorskip("xgrammar", reason="xgrammar (a vLLM dependency) is not installed")
+    from deepretrieval.actors.grammar_mask import import_xgrammar
+
+    xgrammar = import_xgrammar()
+    import xgrammar.testing as xgr_testing
+
+    regex = answer_regex(QUERY, max_reasoning_chars=40, prose_reasoning=True)
+    grammar = xgrammar.Grammar.from_regex(regex)
+    answer = '</think>\n<answer>{"query": "a [b] {c}"}</answer>'   # the answer value may hold any of them
+    cases = [("Prose, with: commas (and brackets).", True), ("", True)]
+    cases += [(f"Reasoning {c} here", False) for c in PROSE_EXCLUDED + "<"]
+    for reasoning, ok in cases:
+        text = reasoning + answer
+        assert bool(re.fullmatch(regex, text)) == ok == xgr_testing._is_grammar_accept_string(grammar, text), text
+        assert parse_answer(text, QUERY).ok  # a sublanguage: the parser accepts both
+    with pytest.raises(ValueError, match="max_reasoning_chars"):
+        answer_regex(QUERY, prose_reasoning=True)
 
 
 def test_xgrammar_reads_the_regex_the_same_way():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from deepretrieval.common.answer_format import AnswerFormat, parse_answer
 from deepretrieval.deploy.cli import main
 
 
@@ -29,7 +30,7 @@ sampling: {{n: 4, temperature: 0.7, max_new_tokens: 64}}
 actors: {{engine: {{type: hf}}}}
 transport: {{backlog_bound: 4096}}
 warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prompt: 4, heldout_prompts: 8,
-          max_reasoning_chars: 24, keep_ties: true, epochs: 8, batch_seqs: 4, lr: 1.0e-4}}
+          max_reasoning_chars: 24, keep_ties: true, trim_cut_reasoning: true, epochs: 8, batch_seqs: 4, lr: 1.0e-4}}
 """)
     out = tmp_path / "warmup.json"
     assert main(["warmup", "--config", str(config), "--json", str(out)]) == 0
@@ -52,6 +53,17 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
     for k in kept:
         assert not k["forced_close"] or not any(qualifies(r) and not r["forced_close"] for r in rows if r["prompt_uid"] == k["prompt_uid"])
     assert report["kept_forced_close"] == sum(r["forced_close"] for r in kept)
+    # A kept completion cut at the cap is fine-tuned on closed after its last whole sentence (or
+    # word): a shorter reasoning, the same answer; nothing else is trimmed.
+    fmt = AnswerFormat(key="query")
+    for r in rows:
+        if r["trimmed"] is None:
+            continue
+        assert r["kept"] and r["forced_close"]
+        before, after = parse_answer(r["completion"], fmt), parse_answer(r["trimmed"], fmt)
+        assert after.ok and after.value == before.value and before.reasoning.startswith(after.reasoning.rstrip("."))
+        assert after.reasoning.endswith((".", "!", "?")) or before.reasoning[len(after.reasoning):].lstrip(" \t").startswith("\n")
+    assert report["kept_trimmed"] == sum(r["trimmed"] is not None for r in rows)
     assert report["sft_steps"] == 8 * -(-report["kept"] // 4)
     assert report["sft_loss_last"] < report["sft_loss_first"]
     assert report["format_ok_after"] > report["format_ok_before"]

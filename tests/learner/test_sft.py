@@ -9,7 +9,8 @@ import torch
 
 from deepretrieval.common.learner_config import LearnerConfig
 from deepretrieval.learner.sequences import collate, token_logprobs
-from deepretrieval.learner.sft import Candidate, select_best, sft_loss, sft_samples
+from deepretrieval.common.answer_format import AnswerFormat, parse_answer
+from deepretrieval.learner.sft import Candidate, select_best, sft_loss, sft_samples, trim_cut_reasoning
 from deepretrieval.learner.trainer import Trainer
 
 
@@ -54,6 +55,41 @@ def test_prefer_natural_close_ranks_unforced_reasoning_then_reward_then_length_a
     baseline = {"p1": 0.5, "p2": 0.5, "p3": 0.3}
     assert [c.uid for c in select_best(candidates, baseline)] == ["a", "d", "f"]
     assert [c.uid for c in select_best(candidates, baseline, prefer_natural_close=True)] == ["c", "d", "f"]
+
+
+ANSWER = '</think>\n<answer>{"query": "vitamin D deficiency"}</answer>'
+
+
+@pytest.mark.parametrize(("reasoning", "expected"), [
+    ("The user asks about vitamin D. Search for deficien", "The user asks about vitamin D."),      # last sentence end
+    ("Is it common? Maybe! Look at e.g. bone dens", "Is it common? Maybe! Look at e.g."),          # "e.g." counts as an end
+    ("Key terms:\nvitamin D\nbone dens", "Key terms:\nvitamin D"),                               # a line break ends a line
+    ("Search PubMed for vitamin D, rickets, bone dens", "Search PubMed for vitamin D, rickets, bone."),  # none: whole words, "."
+    ("Take 2.5 mg, then 3.1 mg per da", "Take 2.5 mg, then 3.1 mg per."),                          # "2.5" ends no sentence
+])
+def test_trim_cut_reasoning_closes_after_the_last_complete_sentence_and_keeps_the_answer(reasoning, expected):
+    fmt = AnswerFormat(key="query")
+    trimmed = trim_cut_reasoning(reasoning + ANSWER, fmt)
+    assert trimmed == expected + ANSWER
+    parsed = parse_answer(trimmed, fmt)
+    assert parsed.ok and parsed.reasoning == expected and parsed.value == "vitamin D deficiency"
+
+
+def test_trim_cut_reasoning_works_when_the_model_writes_the_think_tag_itself():
+    fmt = AnswerFormat(key="query", think="generate")
+    assert trim_cut_reasoning("\n<think>Plan. Then sea" + ANSWER, fmt) == "\n<think>Plan." + ANSWER
+
+
+@pytest.mark.parametrize("completion", [
+    "It ends a sentence." + ANSWER,                  # nothing to trim
+    "It ends a sentence.\n" + ANSWER,               # trailing whitespace after the end
+    "Onewordonly" + ANSWER,                          # no whole word to keep
+    ANSWER,                                          # no reasoning
+    "Broken. answer</think><answer>{}</answer>",     # not format-valid
+])
+def test_trim_cut_reasoning_leaves_what_has_nothing_to_trim(completion):
+    assert trim_cut_reasoning(completion, AnswerFormat(key="query")) is None
+    assert trim_cut_reasoning('<answer>{"query": "x"}</answer>', AnswerFormat(key="query", think="none")) is None
 
 
 def test_sft_loss_is_the_token_mean_nll_and_its_gradient_is_minus_one_over_tokens():
