@@ -7,13 +7,15 @@ reward would be the format penalty and GRPO would get no gradient. The warm-up f
 2. free-sample the held-out prompts at the task temperature: `format_ok_before`;
 3. draw train prompts (deploy/warmup_draw.py: `prompts` in one round, or, with
    `min_kept_per_task`, in rounds until every task has that many kept completions), and sample G
-   grammar-constrained completions per prompt (actors' engine, answer regex);
+   grammar-constrained completions per prompt (actors' engine, answer regex; with
+   `prose_reasoning`, no JSON brackets or quotes in the reasoning);
 4. score them, and each request sent as is, with the run's rewarder (same backends, cache, rate
    limiter, retries and `rl.reward` / `rl.search.*` spans as training);
 5. keep per prompt the best completion that beats its original request (learner/sft.py; with
    `keep_ties`, also one exactly as good as a request that already works as a query; with
    `prefer_natural_close`, "best" puts reasoning the model closed itself before reasoning the
-   grammar cut at its length cap);
+   grammar cut at its length cap; with `trim_cut_reasoning`, a kept reasoning the grammar cut is
+   closed after its last complete sentence);
 6. fine-tune on them with the learner's Trainer (`sft_step`: cross-entropy on completion tokens,
    tags included) and export the policy as a Hugging Face folder;
 7. load it into the engine and free-sample the held-out prompts again: `format_ok_after`.

@@ -30,7 +30,7 @@ sampling: {{n: 4, temperature: 0.7, max_new_tokens: 64}}
 actors: {{engine: {{type: hf}}}}
 transport: {{backlog_bound: 4096}}
 warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prompt: 4, heldout_prompts: 8,
-          max_reasoning_chars: 24, keep_ties: true, trim_cut_reasoning: true, epochs: 8, batch_seqs: 4, lr: 1.0e-4}}
+          max_reasoning_chars: 24, prose_reasoning: true, keep_ties: true, trim_cut_reasoning: true, epochs: 8, batch_seqs: 4, lr: 1.0e-4}}
 """)
     out = tmp_path / "warmup.json"
     assert main(["warmup", "--config", str(config), "--json", str(out)]) == 0
@@ -64,6 +64,8 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
         assert after.ok and after.value == before.value and before.reasoning.startswith(after.reasoning.rstrip("."))
         assert after.reasoning.endswith((".", "!", "?")) or before.reasoning[len(after.reasoning):].lstrip(" \t").startswith("\n")
     assert report["kept_trimmed"] == sum(r["trimmed"] is not None for r in rows)
+    # The prose grammar kept JSON brackets and quotes out of every sampled reasoning.
+    assert not any(set(parse_answer(r["completion"], fmt).reasoning) & set('{}[]"') for r in rows if r["status"] == "ok")
     assert report["sft_steps"] == 8 * -(-report["kept"] // 4)
     assert report["sft_loss_last"] < report["sft_loss_first"]
     assert report["format_ok_after"] > report["format_ok_before"]
