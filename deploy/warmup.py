@@ -187,7 +187,7 @@ def trim_kept(kept: Sequence, scored: Sequence, task_of: dict[str, str], cfg: Tr
         while end and c.response_ids[end - 1] in special:
             end -= 1
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + list(c.response_ids[end:])
-        out.append(replace(c, response_ids=ids, forced_close=False))
+        out.append(replace(c, response_ids=ids))  # still marked forced_close: the sample was cut
         trimmed[c.uid] = text
     return out, trimmed
 
@@ -273,7 +273,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
     report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept),
               "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
-              "kept_forced_close": sum(c.forced_close for c in kept) + len(trimmed), "kept_trimmed": len(trimmed), "prompts": len(train), "rounds": draw.rounds,
+              "kept_forced_close": sum(c.forced_close for c in kept), "kept_trimmed": len(trimmed), "prompts": len(train), "rounds": draw.rounds,
               "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),

@@ -112,7 +112,7 @@ def trim_cut_reasoning(completion: str, fmt: AnswerFormat) -> str | None:
         word, or the reasoning already ends a sentence) or the result would not parse.
     """
     parsed = parse_answer(completion, fmt)
-    if not parsed.ok or not parsed.reasoning or fmt.think == "none":
+    if not parsed.ok or not parsed.reasoning:  # a format without reasoning parses to None
         return None
     reasoning = parsed.reasoning.rstrip()
     ends = [m.end() for m in _SENTENCE_END.finditer(reasoning)]

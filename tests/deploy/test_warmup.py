@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from deepretrieval.common.answer_format import AnswerFormat, parse_answer
+from deepretrieval.common.answer_grammar import PROSE_EXCLUDED
 from deepretrieval.deploy.cli import main
 
 
@@ -65,7 +66,7 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
         assert after.reasoning.endswith((".", "!", "?")) or before.reasoning[len(after.reasoning):].lstrip(" \t").startswith("\n")
     assert report["kept_trimmed"] == sum(r["trimmed"] is not None for r in rows)
     # The prose grammar kept JSON brackets and quotes out of every sampled reasoning.
-    assert not any(set(parse_answer(r["completion"], fmt).reasoning) & set('{}[]"') for r in rows if r["status"] == "ok")
+    assert not any(set(parse_answer(r["completion"], fmt).reasoning) & set(PROSE_EXCLUDED) for r in rows if r["status"] == "ok")
     assert report["sft_steps"] == 8 * -(-report["kept"] // 4)
     assert report["sft_loss_last"] < report["sft_loss_first"]
     assert report["format_ok_after"] > report["format_ok_before"]

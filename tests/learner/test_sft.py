@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from deepretrieval.common.answer_format import AnswerFormat, parse_answer
 from deepretrieval.common.learner_config import LearnerConfig
 from deepretrieval.learner.sequences import collate, token_logprobs
-from deepretrieval.common.answer_format import AnswerFormat, parse_answer
 from deepretrieval.learner.sft import Candidate, select_best, sft_loss, sft_samples, trim_cut_reasoning
 from deepretrieval.learner.trainer import Trainer
 
