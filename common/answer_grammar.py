@@ -148,6 +148,8 @@ def _tag_free_parts(plain: Callable[[str], str]) -> tuple[str, str]:
     return token, tail
 
 
+_ASCII_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
 # What a prose reasoning (`answer_regex(..., prose_reasoning=True)`) never holds besides "<".
 PROSE_EXCLUDED = '{}[]"'
 
@@ -178,7 +180,9 @@ def plain_string_body_regex() -> str:
 
     No "<" and no `\uXXXX` escapes; the first unit is a raw character that is not whitespace (nor
     `"`, a backslash, "<" or a control character) or one of the escapes `\"`, `\\`, `\/`, `\b`; the
-    rest are raw characters other than `"`, a backslash, "<" and controls, or single-letter escapes.
+    rest are raw characters other than `"`, a backslash, "<" and controls, or single-letter escapes;
+    and an ASCII letter or digit comes somewhere, so the query has something to search
+    (`TaskSpec.query_problem`: "..." is well-formed JSON but no query).
     Every such body is in `json_string_body_regex`'s language (a test checks it), and a query loses
     nothing by it: any text can be written without "<" or `\u` escapes.
 
@@ -186,9 +190,11 @@ def plain_string_body_regex() -> str:
     context-dependent) in about 20 ms per token per sequence on one CPU core, which made it the
     bottleneck of constrained sampling; this body takes about 0.01 ms.
     """
-    first = _unit_regex("<", False, '"\\/b', None, hex_escapes=False)
+    alnum = "[0-9A-Za-z]"
+    first = _unit_regex("<" + _ASCII_ALNUM, False, '"\\/b', None, hex_escapes=False)
+    between = _unit_regex("<" + _ASCII_ALNUM, None, '"\\/bfnrt', None, hex_escapes=False)
     rest = _unit_regex("<", None, '"\\/bfnrt', None, hex_escapes=False)
-    return f"{first}{rest}*"
+    return f"(?:{first}{between}*)?{alnum}{rest}*"
 
 
 @lru_cache(maxsize=32)

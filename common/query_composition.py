@@ -27,6 +27,16 @@ QueryMode = Literal["rewrite", "expand"]
 EXPANDABLE_BACKENDS = frozenset({"bm25", "dense"})
 
 _WORD = re.compile(r"\w+")
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+
+
+def has_terms(query: str) -> bool:
+    """Whether `query` holds a letter or digit: something a search engine can match.
+
+    "...", "?" or "- -" give an engine nothing to look for; in expand mode they would add nothing
+    to the request, the same outcome as copying it, without saying so.
+    """
+    return _LETTER_OR_DIGIT.search(query) is not None
 
 
 def term_key(word: str) -> str:

@@ -17,7 +17,7 @@ class FormatTerm(StrictModel):
     """Reward of the format check alone."""
 
     ok: float = Field(description="Added when the completion follows the answer format.")
-    failed: float = Field(description="The whole reward when it does not (or the query is invalid: bad JSON, empty, SQL that writes or fails to parse).")
+    failed: float = Field(description="The whole reward when it does not (or the query is invalid: bad JSON, empty or with no letter or digit, SQL that writes or fails to parse).")
 
 
 class ThresholdStep(StrictModel):

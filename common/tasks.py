@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from deepretrieval.common.answer_format import AnswerFormat, format_instruction
 from deepretrieval.common.config import StrictModel, validate_config
 from deepretrieval.common.errors import ConfigError
-from deepretrieval.common.query_composition import EXPANDABLE_BACKENDS, QueryComposition
+from deepretrieval.common.query_composition import EXPANDABLE_BACKENDS, QueryComposition, has_terms
 from deepretrieval.common.reward_config import (
     AnswerRankRewardConfig,
     ExecutionRewardConfig,
@@ -62,6 +62,10 @@ class PromptTemplate(StrictModel):
         return any(name == "schema" for _, name, _, _ in string.Formatter().parse(self.user))
 
 
+QUERY_NO_TERMS = "query_no_terms"
+"""The error code of an answer whose query holds no letter or digit (`TaskSpec.query_problem`)."""
+
+
 class TaskSpec(StrictModel):
     """One task: prompt, answer format, backend, k, sampling and reward (defaults: TASKS.md §1-§4)."""
 
@@ -91,6 +95,19 @@ class TaskSpec(StrictModel):
             raise ValueError(f"query.mode 'expand' needs a bag-of-words backend ({', '.join(sorted(EXPANDABLE_BACKENDS))}); "
                              f"backend {self.backend!r} would read the request's words as part of its query syntax")
         return self
+
+    def query_problem(self, value: str) -> str | None:
+        """Why a well-formed answer still gives a search backend nothing to search, or None.
+
+        A search query needs a letter or digit. "..." (the placeholder the prompt shows as the
+        answer's shape) passes the format check, and in expand mode it would search the request
+        alone, scoring exactly as a copy of it: a policy learns to write it (run L,
+        docs/design-notes.md). Such an answer is `invalid` (`QUERY_NO_TERMS`), the policy's fault,
+        in training, evaluation and serving alike. SQL statements are checked by their backend.
+        """
+        if self.backend == "sql" or has_terms(value):
+            return None
+        return f"the query {value[:40]!r} has no letter or digit: nothing to search for"
 
     @property
     def target_kind(self) -> TargetKind:

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from deepretrieval.actors.rewrite import parse_rewrite
 from deepretrieval.common.answer_format import parse_answer
 from deepretrieval.common.train_config import TrainConfig
 from deepretrieval.common.warmup_config import WarmupConfig
@@ -66,11 +67,15 @@ def split_prompts(prompts: Sequence[Prompt], n_heldout: int, seed: int) -> tuple
 
 
 def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, samples: int = 1) -> float:
-    """Share of free-sampled completions (task temperature, no grammar) that parse: `samples` per held-out prompt."""
+    """Share of free-sampled completions (task temperature, no grammar) that carry a query: `samples` per held-out prompt.
+
+    A completion counts when it parses and its query has something to search (`parse_rewrite`,
+    as evaluation and serving read it): a well-formed `{"query": "..."}` does not.
+    """
     specs = task_specs(cfg)
     rollouts = sample_rollouts(engine, tokenizer, prompts, cfg.sampling.model_copy(update={"n": samples}), batch_prompts=cfg.warmup.batch_prompts)
     by_uid = {p.uid: p for p in prompts}
-    ok = sum(parse_answer(r.completion, specs[by_uid[r.prompt_uid].task].answer).ok for r in rollouts)
+    ok = sum(parse_rewrite(r.completion, specs[by_uid[r.prompt_uid].task]).query is not None for r in rollouts)
     return ok / max(1, len(rollouts))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deepretrieval.actors.rewrite import first_valid, parse_rewrite, sampling_for
-from deepretrieval.common.tasks import get_task
+from deepretrieval.common.tasks import QUERY_NO_TERMS, get_task
 
 SPARSE = get_task("sparse")
 VALID = 'look for statin myopathy</think>\n<answer>{"query": "statin myopathy"}</answer>'
@@ -16,6 +16,15 @@ def test_parse_rewrite_keeps_the_query_or_says_why_not():
     ok, cut = parse_rewrite(VALID, SPARSE), parse_rewrite(CUT, SPARSE)
     assert (ok.query, ok.reasoning, ok.error, ok.message) == ("statin myopathy", "look for statin myopathy", None, "")
     assert cut.query is None and cut.error == "truncated" and "</answer>" in cut.message
+
+
+def test_a_query_with_nothing_to_search_is_no_rewrite():
+    dots = parse_rewrite(VALID.replace("\"statin myopathy\"", "\"...\""), SPARSE)
+    assert (dots.query, dots.error, dots.reasoning) == (None, QUERY_NO_TERMS, "look for statin myopathy")
+    assert "nothing to search" in dots.message
+    assert parse_rewrite(VALID.replace("\"statin myopathy\"", "\"... B12\""), SPARSE).query == "... B12"
+    sql = get_task("sql")  # statements are the SQL backend's to judge
+    assert parse_rewrite('</think><answer>{"sql": "..."}</answer>', sql).query == "..."
 
 
 def test_first_valid_skips_broken_completions():

@@ -319,3 +319,24 @@ def test_expanding_task_searches_the_request_followed_by_the_policy_terms(data_r
     assert expanded > 0.5 > alone  # the request's terms carry the search; two generic words alone do not
     with pytest.raises(ConfigError, match="pass request="):
         asyncio.run(score())
+
+
+@pytest.mark.parametrize("query", ["...", "? -", " … "])
+def test_a_query_with_nothing_to_search_is_invalid_and_never_searched(data_root: Path, index_root: Path, query: str):
+    """In expand mode "..." would search the request alone and score as a copy of it (run L's policy
+    learnt to write it); it is the policy's fault, scored as a format failure."""
+    from deepretrieval.common.config import BM25Config
+    from deepretrieval.common.datasets import BeirDataset
+    from deepretrieval.common.tasks import QUERY_NO_TERMS
+    from deepretrieval.rewarders.retrieval import open_retriever
+
+    ds = BeirDataset.open("scifact", data_root)
+    queries, qrels = ds.split_queries("test")
+    qid = sorted(queries)[0]
+    backend = _Recording(open_retriever(ds, index_root, "bm25", bm25=BM25Config()))
+    task = get_task("sparse", {"query": {"mode": "expand", "original_repeats": 2, "new_terms_only": True}})
+    completion = f'</think><answer>{json.dumps({"query": query})}</answer>'
+    out = asyncio.run(score_completion(completion, task=task, target=IdsTarget(ids=qrels[qid]), backend=backend, k=50, request=queries[qid]))
+    assert out.parsed.ok  # well-formed: the format check is TASKS.md §1's
+    assert (out.reward.status, out.reward.error, out.reward.reward) == ("invalid", QUERY_NO_TERMS, task.reward.format.failed)
+    assert "nothing to search" in out.reward.message and backend.queries == []
