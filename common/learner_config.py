@@ -57,12 +57,20 @@ class LearnerConfig(StrictModel):
     dtype: str = Field("auto", description="Compute dtype: 'auto' (bf16 only with bf16 hardware, else float32; common/hardware.py), 'float32' or 'bfloat16'. Master params stay float32.")
     fsdp: bool = Field(True, description="Shard the model with FSDP2 (fully_shard per decoder layer, then the root) when a process group is initialised; off, or with one process, trains unsharded.")
     dynamic_sampling: bool = Field(True, description="DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) so they do not dilute the token-mean.")
+    fill_with_spread: bool = Field(False, description="With dynamic_sampling, DAPO's over-sampling: a step waits for groups_per_step groups whose rewards differ, dropping groups of equal rewards as they arrive (acked, admission slot released, so actors sample more). Off, they are dropped inside the step, which trains on fewer groups (none when every group ties).")
+    fill_max_groups: int = Field(4, ge=1, description="With fill_with_spread: a step stops waiting once it has read this many complete groups, as a multiple of groups_per_step (DAPO's max_num_gen_batches), and trains on the groups with a spread it found, maybe none: a policy whose groups all tie cannot stall the run.")
     checkpoint_every: int = Field(50, ge=0, description="Save a DCP checkpoint every this many optimizer steps; 0 never.")
     keep_checkpoints: int = Field(2, ge=1, description="Complete checkpoints kept on disk; older ones are deleted after a new one is complete.")
     seed: int = Field(0, description="Seed of torch, numpy and random on every rank (rank added).")
     cpu_cores: list[int] | None = Field(None, description="CPU only: pin the learner process and its torch threads to these cores (e.g. [1] with the actor's engine bound to core 0, so generation and training do not compete); None = every core.")
     loss: LossConfig = Field(default_factory=LossConfig, description="The policy loss.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="The optimizer.")
+
+    @model_validator(mode="after")
+    def _fill_needs_dynamic_sampling(self) -> LearnerConfig:
+        if self.fill_with_spread and not self.dynamic_sampling:
+            raise ValueError("fill_with_spread needs dynamic_sampling: true (without it groups of equal rewards are trained on, not replaced)")
+        return self
 
     @model_validator(mode="after")
     def _dtype_known(self) -> LearnerConfig:

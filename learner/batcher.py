@@ -3,7 +3,9 @@
 Reads `Scored` from `<run>:scored` (consumer group "learner"). A group is complete when all G of
 its samples arrived. Complete groups with an `unavailable` member, or older than `max_staleness`
 versions, are dropped (counted, acked at once, their admission slots released). The others queue
-oldest first; `next_batch` returns `groups_per_step` of them. Their entries stay pending until the
+oldest first; `next_batch` returns `groups_per_step` of them. With a `spread` test (DAPO's
+over-sampling) a complete group whose rewards all tie is dropped at once too, and a step waits for
+`groups_per_step` groups that pass or until it has read `max_groups` complete groups. Their entries stay pending until the
 caller commits (checkpoints) the step that trained them, so a crash redelivers exactly what the
 last checkpoint did not cover; the uid ledger drops anything already trained.
 """
@@ -14,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from deepretrieval.common.base import Transport
@@ -33,6 +36,8 @@ class Batch:
     scored: list[Scored]
     entry_ids: list[str]
     group_ids: list[str]
+    dropped: list[Scored] = field(default_factory=list)
+    """Samples of the groups dropped for tied rewards while this batch filled (already acked)."""
 
     @property
     def uids(self) -> list[str]:
@@ -48,6 +53,7 @@ class BatcherStats:
     groups_complete: int = 0
     groups_unavailable: int = 0
     groups_stale: int = 0
+    groups_uniform: int = 0
     groups_incomplete_dropped: int = 0
     groups_trained: int = 0
     staleness: list[int] = field(default_factory=list)
@@ -74,10 +80,18 @@ class Batcher:
         ledger: uids already trained (restored from the checkpoint); updated by `commit_trained`.
         consumer: this learner's consumer name (stable across restarts).
         incomplete_timeout_s: a group still missing samples after this long is dropped (its actor died).
+        spread: None, or a test a complete group must pass to be trained (`sequences.has_spread`):
+            one that fails is dropped as it arrives and the step waits for another.
+        max_groups: with `spread`, a step stops waiting once it has read this many complete
+            groups (those dropped included; reads come in chunks, so maybe more) and returns the
+            groups that passed, maybe none.
     """
 
     def __init__(self, transport: Transport, coordinator: Coordinator, run: str, *, group_size: int, groups_per_step: int,
-                 max_staleness: int, ledger: set[str], consumer: str = "learner-0", incomplete_timeout_s: float = 600.0):
+                 max_staleness: int, ledger: set[str], consumer: str = "learner-0", incomplete_timeout_s: float = 600.0,
+                 spread: Callable[[Sequence[Scored]], bool] | None = None, max_groups: int | None = None):
+        if max_groups is not None and max_groups < groups_per_step:
+            raise ValueError(f"max_groups ({max_groups}) must be at least groups_per_step ({groups_per_step})")
         self._transport = transport
         self._coord = coordinator
         self._stream = scored_stream(run)
@@ -90,6 +104,9 @@ class Batcher:
         self._pending: dict[str, _Pending] = {}
         self._ready: OrderedDict[str, _Pending] = OrderedDict()
         self._recovered = False
+        self._spread = spread
+        self._max_groups = max_groups
+        self._dropped_this_step: list[Scored] = []
         self._lineage: tuple[int, int] | None = None
         self.stats = BatcherStats()
 
@@ -152,6 +169,9 @@ class Batcher:
         elif lag > self._max_staleness:
             self.stats.groups_stale += 1
             log.warning("group %s is %d versions old (max %d): dropped", group_id, lag, self._max_staleness)
+        elif self._spread is not None and not self._spread(group.items):
+            self.stats.groups_uniform += 1
+            self._dropped_this_step += group.items
         else:
             self._ready[group_id] = group
             return []
@@ -170,6 +190,11 @@ class Batcher:
             log.warning("group %s stayed incomplete (%d of %d) for %.0fs: dropped", gid, len(g.items), self._g, self._incomplete_timeout_s)
         return out
 
+    def _read_enough(self) -> bool:
+        """Whether this step has read at least its `max_groups` (only with a spread test)."""
+        dropped = len(self._dropped_this_step) // self._g
+        return self._max_groups is not None and dropped + len(self._ready) >= self._max_groups
+
     async def next_batch(self, learner_version: int, stop: asyncio.Event | None = None, block_ms: int = 200) -> Batch | None:
         """The next `groups_per_step` ready groups, oldest first; None when `stop` is set first."""
         if not self._recovered:
@@ -179,13 +204,16 @@ class Batcher:
                 if len(entries) < 512:
                     break
             self._recovered = True
-        while len(self._ready) < self._per_step:
+        while len(self._ready) < self._per_step and not self._read_enough():
             if stop is not None and stop.is_set():
                 return None
             entries = await self._transport.read(self._stream, LEARNER_GROUP, self._consumer, 512, block_ms=block_ms)
             await self._feed(entries, learner_version)
-        groups = [self._ready.popitem(last=False) for _ in range(self._per_step)]
+        groups = [self._ready.popitem(last=False) for _ in range(min(self._per_step, len(self._ready)))]
+        dropped, self._dropped_this_step = self._dropped_this_step, []
+        if len(groups) < self._per_step:
+            log.warning("a step read %d groups and %d had a reward spread: training on those", len(dropped) // self._g + len(groups), len(groups))
         scored = [s for _, g in groups for s in g.items]
         self.stats.groups_trained += len(groups)
         self.stats.staleness += [self.lag(s.rollout.policy_version, learner_version) for s in scored]
-        return Batch(scored, [e for _, g in groups for e in g.entry_ids], [gid for gid, _ in groups])
+        return Batch(scored, [e for _, g in groups for e in g.entry_ids], [gid for gid, _ in groups], dropped)

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from statistics import fmean
 
@@ -27,7 +28,7 @@ from deepretrieval.common.streams import scored_stream
 from deepretrieval.common.telemetry import extract_context
 from deepretrieval.learner.batcher import LEARNER_GROUP, Batch, Batcher
 from deepretrieval.learner.checkpoint import checkpoint_path, latest_checkpoint, prune_checkpoints
-from deepretrieval.learner.sequences import build_samples
+from deepretrieval.learner.sequences import build_samples, has_spread
 from deepretrieval.learner.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -44,18 +45,22 @@ class StepRecord:
 
 
 def _batch_metrics(batch: Batch, lags: list[int]) -> dict[str, float]:
-    rewards = [s.reward for s in batch.scored if s.reward is not None]
-    fmt_fail = [s for s in batch.scored if s.status == "invalid"]
-    lat = [s.latency_s for s in batch.scored if not s.cache_hit]
+    """Step metrics over every group the step read: those trained and those dropped for tied rewards."""
+    read = batch.scored + batch.dropped
+    rewards = [s.reward for s in read if s.reward is not None]
+    fmt_fail = [s for s in read if s.status == "invalid"]
+    lat = [s.latency_s for s in read if not s.cache_hit]
+    nan = float("nan")
     return {
-        "reward_mean": fmean(rewards) if rewards else float("nan"),
-        "reward_max": max(rewards) if rewards else float("nan"),
-        "format_error_share": len(fmt_fail) / max(1, len(batch.scored)),
-        "staleness_mean": fmean(lags),
-        "staleness_max": float(max(lags)),
-        "cache_hit_rate": sum(s.cache_hit for s in batch.scored) / max(1, len(batch.scored)),
+        "reward_mean": fmean(rewards) if rewards else nan,
+        "reward_max": max(rewards) if rewards else nan,
+        "format_error_share": len(fmt_fail) / max(1, len(read)),
+        "staleness_mean": fmean(lags) if lags else nan,
+        "staleness_max": float(max(lags)) if lags else nan,
+        "cache_hit_rate": sum(s.cache_hit for s in read) / max(1, len(read)),
         "search_latency_mean_s": fmean(lat) if lat else 0.0,
-        "response_tokens_mean": fmean(len(s.rollout.response_token_ids) for s in batch.scored),
+        "response_tokens_mean": fmean(len(s.rollout.response_token_ids) for s in read) if read else nan,
+        "groups_dropped_tied": float(len({s.rollout.group_id for s in batch.dropped})),
     }
 
 
@@ -89,8 +94,11 @@ class Learner:
         self.trained: list[str] = []  # uids in training order, this lineage (duplicates would show here)
         self.steps = 0  # learner steps of this lineage (max_steps counts these, not version numbers)
         self._uncommitted: list[str] = []
+        fill = cfg.fill_with_spread
         self.batcher = Batcher(transport, coordinator, run, group_size=group_size, groups_per_step=cfg.groups_per_step,
-                               max_staleness=cfg.max_staleness, ledger=self.ledger, consumer=consumer)
+                               max_staleness=cfg.max_staleness, ledger=self.ledger, consumer=consumer,
+                               spread=partial(has_spread, cfg=cfg.loss) if fill else None,
+                               max_groups=cfg.fill_max_groups * cfg.groups_per_step if fill else None)
         self.idle_s = 0.0
         self.busy_s = 0.0
 

@@ -104,6 +104,26 @@ def _is_restricted(item: Scored) -> bool:
     return bool(sampling.constrained) or sampling.top_p < 1.0
 
 
+def _trainable(group: Sequence[Scored], cfg: LossConfig) -> list[Scored]:
+    """The samples of a group the loss uses: all, or with `constrained_policy == "exclude"` the unrestricted ones."""
+    if cfg.constrained_policy == "exclude":
+        return [item for item in group if not _is_restricted(item)]
+    return list(group)
+
+
+def _rewards_differ(group: Sequence[Scored]) -> bool:
+    return len({float(item.reward) for item in group}) > 1  # type: ignore[arg-type]
+
+
+def has_spread(group: Sequence[Scored], cfg: LossConfig) -> bool:
+    """Whether a complete group (no `unavailable` member) gives the loss any advantage.
+
+    True when the rewards of its trainable samples differ: exactly the groups `build_samples`
+    keeps under dynamic sampling. The batcher uses it to fill a step with such groups.
+    """
+    return _rewards_differ(_trainable(group, cfg))
+
+
 def build_samples(scored: Sequence[Scored], cfg: LossConfig, *, dynamic_sampling: bool) -> tuple[list[TrainSample], GroupStats]:
     """Group scored rollouts by `group_id` and turn each kept group into samples with advantages.
 
@@ -130,16 +150,15 @@ def build_samples(scored: Sequence[Scored], cfg: LossConfig, *, dynamic_sampling
         if any(item.status == "unavailable" for item in group):
             unavailable += 1
             continue
-        if cfg.constrained_policy == "exclude":
-            kept = [item for item in group if not _is_restricted(item)]
-            restricted_dropped += len(group) - len(kept)
-            group = kept
+        kept = _trainable(group, cfg)
+        restricted_dropped += len(group) - len(kept)
+        group = kept
         if not group:
             continue
-        rewards = torch.tensor([float(item.reward) for item in group], dtype=torch.float64)  # type: ignore[arg-type]
-        if dynamic_sampling and bool((rewards == rewards[0]).all()):
+        if dynamic_sampling and not _rewards_differ(group):
             uniform += 1
             continue
+        rewards = torch.tensor([float(item.reward) for item in group], dtype=torch.float64)  # type: ignore[arg-type]
         advantages = group_advantages(rewards, scale_by_std=cfg.scale_adv_by_std, eps=cfg.adv_eps)
         for item, adv in zip(group, advantages.tolist()):
             r = item.rollout

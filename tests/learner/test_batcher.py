@@ -101,3 +101,53 @@ async def test_groups_in_flight_at_a_learner_crash_are_trained_after_the_version
     plain = _batcher(t, Coordinator(t._redis, "r2"), max_staleness=2)
     assert plain.lag(4, 7) == 3 > 2
     await t.close()
+
+
+def _tied(group: str, version: int = 0) -> list[Scored]:
+    return [scored(group, 0, version=version, reward=2.0), scored(group, 1, version=version, reward=1.0)]  # 2.0 and 2.0
+
+
+async def test_fill_with_spread_drops_tied_groups_as_they_arrive_and_waits_for_groups_with_a_spread(redis_url):
+    from functools import partial
+
+    from deepretrieval.common.learner_config import LossConfig
+    from deepretrieval.learner.sequences import has_spread
+
+    t = _transport(redis_url)
+    coord = Coordinator(t._redis, "r")
+    await coord.try_admit(5, 10)
+    for s in [*_tied("t1"), scored("a", 0), scored("a", 1), *_tied("t2"), *_tied("t3"), scored("b", 0), scored("b", 1)]:
+        await t.publish(scored_stream("r"), s)
+    b = Batcher(t, coord, "r", group_size=2, groups_per_step=2, max_staleness=1, ledger=set(),
+                spread=partial(has_spread, cfg=LossConfig()), max_groups=8)
+    batch = await b.next_batch(0, block_ms=50)
+    assert batch.group_ids == ["a", "b"] and b.stats.groups_uniform == 3
+    assert sorted(s.rollout.group_id for s in batch.dropped) == ["t1", "t1", "t2", "t2", "t3", "t3"]
+    # The tied groups are acked and their admission slots free at once (the actors sample more).
+    assert await coord.in_flight() == 2
+    assert (await t._redis.xpending(scored_stream("r"), LEARNER_GROUP))["pending"] == 4
+    await t.close()
+
+
+async def test_fill_with_spread_stops_reading_at_max_groups(redis_url):
+    """A policy whose groups all tie cannot stall the run: the step trains on what it found."""
+    from functools import partial
+
+    from deepretrieval.common.learner_config import LossConfig
+    from deepretrieval.learner.sequences import has_spread
+
+    t = _transport(redis_url)
+    coord = Coordinator(t._redis, "r")
+    for s in [*_tied("t1"), scored("a", 0), scored("a", 1), *_tied("t2"), *_tied("t3"), *_tied("t4")]:
+        await t.publish(scored_stream("r"), s)
+    b = Batcher(t, coord, "r", group_size=2, groups_per_step=2, max_staleness=1, ledger=set(),
+                spread=partial(has_spread, cfg=LossConfig()), max_groups=3)
+    first = await b.next_batch(0, block_ms=50)  # one read returns all five groups: 5 >= 3
+    assert first.group_ids == ["a"] and sorted({s.rollout.group_id for s in first.dropped}) == ["t1", "t2", "t3", "t4"]
+    for s in [*_tied("t5"), *_tied("t6"), *_tied("t7")]:
+        await t.publish(scored_stream("r"), s)
+    second = await b.next_batch(0, block_ms=50)
+    assert second.group_ids == [] and second.scored == [] and len(second.dropped) == 6
+    with pytest.raises(ValueError, match="max_groups"):
+        Batcher(t, coord, "r", group_size=2, groups_per_step=2, max_staleness=1, ledger=set(), spread=lambda g: True, max_groups=1)
+    await t.close()
