@@ -80,6 +80,11 @@ class QueryComposition(StrictModel):
             raise ValueError("new_terms_only applies to mode 'expand' only (a rewrite is searched as written)")
         return self
 
+    def adds_nothing(self, request: str, query: str) -> bool:
+        """Whether searching `query` for `request` is searching the request itself: a copy of it,
+        or in expand mode with `new_terms_only`, a query with no word the request lacks."""
+        return self.compose(request, query) == self.compose(request, request)
+
     def compose(self, request: str, query: str) -> str:
         """The text sent to the search backend for the policy's `query` on `request`."""
         if self.mode == "rewrite":

@@ -153,7 +153,8 @@ class Scored:
         components: named parts of the reward (e.g. {"recall@100": 0.4, "format": 0.1}).
         status: "ok", "invalid" (the policy's fault, shaped penalty) or "unavailable" (the
             engine's fault after retries; the group is masked out of the loss).
-        query: the query actually sent to the engine, None when none could be parsed.
+        query: the policy's query, the answer's value (in expand mode the engine searched the
+            request followed by it: `QueryComposition.compose`), None when none could be parsed.
         retrieved_ids: the top few ids the engine returned, best first.
         backend: search backend name.
         index_version: version of the index that answered.

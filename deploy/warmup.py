@@ -117,7 +117,7 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
             row["kept"] += s.rollout.uid in kept_uids
             f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": s.rollout.completion,
                                 "status": s.status, "reward": s.reward, "original_reward": baseline.get(p.uid),
-                                "forced_close": c.forced_close, "kept": s.rollout.uid in kept_uids,
+                                "forced_close": c.forced_close, "neutral": c.neutral, "kept": s.rollout.uid in kept_uids,
                                 "trimmed": (trimmed or {}).get(s.rollout.uid)}) + "\n")
     return per_task
 
@@ -135,11 +135,11 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
     scored: list = []
     baseline: dict[str, float] = {}
     kept: list[Candidate] = []
-    task_of: dict[str, str] = {}
+    prompt_of: dict[str, Prompt] = {}
     unavailable = 0
     stages["sample_s"] = stages["score_s"] = 0.0
     while batch := draw.next_round():
-        task_of.update({p.uid: p.task for p in batch})
+        prompt_of.update({p.uid: p for p in batch})
         mark = time.perf_counter()
         rollouts = _constrained_rollouts(engine, tokenizer, batch, cfg, wcfg)
         stages["sample_s"] += time.perf_counter() - mark
@@ -151,16 +151,18 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
         baseline.update({s.rollout.prompt_uid: s.reward for s in round_scored[:len(originals)] if s.reward is not None})
         fresh: list[Candidate] = []
         for s in round_scored[len(originals):]:
-            fmt = specs[task_of[s.rollout.prompt_uid]].answer
+            prompt = prompt_of[s.rollout.prompt_uid]
+            spec = specs[prompt.task]
             fresh.append(Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
                                    response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok",
-                                   forced_close=closed_at_cap(s.rollout.completion, fmt, wcfg.max_reasoning_chars)))
+                                   forced_close=closed_at_cap(s.rollout.completion, spec.answer, wcfg.max_reasoning_chars),
+                                   neutral=s.status == "ok" and spec.query.adds_nothing(prompt.request, s.query)))
             scored.append(s)
         candidates += fresh
         # Each prompt is drawn in one round only, so the filter needs only this round's candidates.
-        kept += select_best(fresh, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties,
+        kept += select_best(fresh, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties, neutral_ties=wcfg.neutral_ties,
                             prefer_natural_close=wcfg.prefer_natural_close)
-        kept_by_task = Counter(task_of[c.prompt_uid] for c in kept)
+        kept_by_task = Counter(prompt_of[c.prompt_uid].task for c in kept)
         draw.record(kept_by_task)
         log.info("warm-up round %d: %d prompts drawn, kept per task %s", draw.rounds, len(draw.drawn), dict(kept_by_task))
     return candidates, scored, baseline, kept, unavailable
@@ -278,7 +280,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
     report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept),
               "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
-              "kept_forced_close": sum(c.forced_close for c in kept), "kept_trimmed": len(trimmed), "prompts": len(train), "rounds": draw.rounds,
+              "kept_forced_close": sum(c.forced_close for c in kept), "kept_neutral": sum(c.neutral for c in kept), "kept_trimmed": len(trimmed), "prompts": len(train), "rounds": draw.rounds,
               "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),

@@ -40,6 +40,8 @@ class Candidate:
         format_ok: whether the completion parsed.
         forced_close: the sampling grammar ended the reasoning at its length cap: `</think>` was
             the only token left to write, not the model's choice.
+        neutral: its answer adds nothing to the search (`QueryComposition.adds_nothing`): as good
+            as the request by construction, not by luck.
     """
 
     prompt_uid: str
@@ -49,6 +51,7 @@ class Candidate:
     reward: float | None
     format_ok: bool
     forced_close: bool = False
+    neutral: bool = False
 
 
 def _preference(c: Candidate, prefer_natural_close: bool) -> tuple:
@@ -59,7 +62,7 @@ def _preference(c: Candidate, prefer_natural_close: bool) -> tuple:
 
 
 def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], *, margin: float = 0.0,
-                keep_ties: bool = False, prefer_natural_close: bool = False) -> list[Candidate]:
+                keep_ties: bool = False, neutral_ties: bool = False, prefer_natural_close: bool = False) -> list[Candidate]:
     """The rejection filter: per prompt, the best format-valid completion, if it beats the baseline.
 
     Args:
@@ -70,6 +73,9 @@ def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], 
         keep_ties: also keep a completion whose reward equals a positive baseline (the request
             already works as a query, and the completion is exactly as good): a format example that
             teaches nothing worse than the request. A tie with a baseline <= 0 is never kept.
+        neutral_ties: with keep_ties, a tie is kept only when it is `neutral` (it searches the
+            request itself). A tie that adds words ties by luck: a word the index lacks, or one
+            that moves no relevant document, and fine-tuning on it teaches writing such words.
         prefer_natural_close: which eligible completion is "best". False: the highest reward.
             True: one whose reasoning the model closed itself before one the grammar cut at its
             length cap (`forced_close`), then the highest reward, then the fewest tokens. A cut
@@ -85,7 +91,7 @@ def select_best(candidates: Sequence[Candidate], baseline: Mapping[str, float], 
             continue
         base = baseline[c.prompt_uid]
         beats = c.reward > base + margin
-        ties = keep_ties and base > 0 and c.reward >= base
+        ties = keep_ties and base > 0 and c.reward >= base and (c.neutral or not neutral_ties)
         if not (beats or ties):
             continue
         held = best.get(c.prompt_uid)

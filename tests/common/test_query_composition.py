@@ -52,3 +52,12 @@ def test_new_terms_only_keeps_words_that_only_look_plural():
 def test_new_terms_only_needs_expand():
     with pytest.raises(ConfigError, match="new_terms_only"):
         get_task("sparse", {"query": {"new_terms_only": True}})
+
+
+def test_adds_nothing_is_searching_the_request_itself():
+    assert QueryComposition().adds_nothing("statins lower LDL", "statins lower LDL")
+    assert not QueryComposition().adds_nothing("statins lower LDL", "statins LDL")  # a rewrite searches something else
+    new_only = QueryComposition(mode="expand", new_terms_only=True)
+    assert new_only.adds_nothing("statins lower LDL", "Statin LDL") and new_only.adds_nothing("statins lower LDL", "...")
+    assert not new_only.adds_nothing("statins lower LDL", "LDL myopathy")
+    assert not QueryComposition(mode="expand").adds_nothing("statins lower LDL", "statins LDL")  # re-weights the request

@@ -65,6 +65,9 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
         assert after.ok and after.value == before.value and before.reasoning.startswith(after.reasoning.rstrip("."))
         assert after.reasoning.endswith((".", "!", "?")) or before.reasoning[len(after.reasoning):].lstrip(" \t").startswith("\n")
     assert report["kept_trimmed"] == sum(r["trimmed"] is not None for r in rows)
+    # In rewrite mode an answer adds nothing to the search exactly when it copies the claim.
+    assert all(r["neutral"] == (parse_answer(r["completion"], fmt).value == r["request"]) for r in rows if r["status"] == "ok")
+    assert report["kept_neutral"] == sum(r["neutral"] for r in kept)
     # The prose grammar kept JSON brackets and quotes out of every sampled reasoning.
     assert not any(set(parse_answer(r["completion"], fmt).reasoning) & set(PROSE_EXCLUDED) for r in rows if r["status"] == "ok")
     assert report["sft_steps"] == 8 * -(-report["kept"] // 4)

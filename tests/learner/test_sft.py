@@ -14,9 +14,9 @@ from deepretrieval.learner.sft import Candidate, select_best, sft_loss, sft_samp
 from deepretrieval.learner.trainer import Trainer
 
 
-def _c(prompt: str, uid: str, reward: float | None, ok: bool = True, *, forced: bool = False, tokens: int = 3) -> Candidate:
+def _c(prompt: str, uid: str, reward: float | None, ok: bool = True, *, forced: bool = False, tokens: int = 3, neutral: bool = False) -> Candidate:
     return Candidate(prompt_uid=prompt, uid=uid, prompt_ids=[5, 6], response_ids=[7] * (tokens - 1) + [2], reward=reward, format_ok=ok,
-                     forced_close=forced)
+                     forced_close=forced, neutral=neutral)
 
 
 def test_rejection_filter_keeps_the_best_that_beats_the_original_at_most_one_per_prompt():
@@ -44,6 +44,17 @@ def test_keep_ties_adds_completions_as_good_as_a_working_request_only():
     baseline = {"p1": 0.3, "p2": 0.3, "p3": -2.5, "p4": 0.0, "p5": 0.4}
     assert [c.uid for c in select_best(candidates, baseline)] == ["b"]
     assert [c.uid for c in select_best(candidates, baseline, keep_ties=True)] == ["b", "c"]
+
+
+def test_neutral_ties_keeps_only_ties_that_search_the_request_itself():
+    candidates = [
+        _c("p1", "a", 0.3), _c("p1", "b", 0.3, neutral=True),   # a adds a word that moved nothing; b copies the request
+        _c("p2", "c", 0.3),                                      # only a lucky tie: nothing kept
+        _c("p3", "d", 0.3), _c("p3", "e", 0.5),                  # beating needs no neutrality
+    ]
+    baseline = {"p1": 0.3, "p2": 0.3, "p3": 0.3}
+    assert [c.uid for c in select_best(candidates, baseline, keep_ties=True)] == ["a", "c", "e"]
+    assert [c.uid for c in select_best(candidates, baseline, keep_ties=True, neutral_ties=True)] == ["b", "e"]
 
 
 def test_prefer_natural_close_ranks_unforced_reasoning_then_reward_then_length_and_keeps_the_same_prompts():
