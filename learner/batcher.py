@@ -5,9 +5,10 @@ its samples arrived. Complete groups with an `unavailable` member, or older than
 versions, are dropped (counted, acked at once, their admission slots released). The others queue
 oldest first; `next_batch` returns `groups_per_step` of them. With a `spread` test (DAPO's
 over-sampling) a complete group whose rewards all tie is dropped at once too, and a step waits for
-`groups_per_step` groups that pass or until it has read `max_groups` complete groups. Their entries stay pending until the
-caller commits (checkpoints) the step that trained them, so a crash redelivers exactly what the
-last checkpoint did not cover; the uid ledger drops anything already trained.
+`groups_per_step` groups that pass or until it has read `max_groups` complete groups. The entries
+of the groups a step returns stay pending until the caller commits (checkpoints) the step that
+trained them, so a crash redelivers exactly what the last checkpoint did not cover; the uid ledger
+drops anything already trained.
 """
 
 from __future__ import annotations
