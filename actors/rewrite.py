@@ -14,7 +14,7 @@ from deepretrieval.actors.base import GenerationEngine, GenerationRequest
 from deepretrieval.common.answer_format import parse_answer
 from deepretrieval.common.chat import build_prompt_ids
 from deepretrieval.common.sampling import SamplingConfig
-from deepretrieval.common.tasks import QUERY_NO_TERMS, TaskSpec, build_messages
+from deepretrieval.common.tasks import TaskSpec, build_messages
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,11 @@ class RewriteJob:
 
 def parse_rewrite(completion: str, task: TaskSpec) -> Rewrite:
     """A completion as a Rewrite: its query, or the error that leaves it without one (a broken
-    format, or a query with nothing to search: `TaskSpec.query_problem`)."""
+    format, or a query with nothing to search: `TaskSpec.answer_problem`)."""
     parsed = parse_answer(completion, task.answer)
-    if not parsed.ok or parsed.value is None:
-        return Rewrite(None, parsed.reasoning, completion, str(parsed.error), parsed.message)
-    problem = task.query_problem(parsed.value)
+    problem = task.answer_problem(parsed)
     if problem is not None:
-        return Rewrite(None, parsed.reasoning, completion, QUERY_NO_TERMS, problem)
+        return Rewrite(None, parsed.reasoning, completion, *problem)
     return Rewrite(parsed.value, parsed.reasoning, completion, None)
 
 

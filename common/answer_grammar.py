@@ -22,6 +22,7 @@ The language (think mode "prefill"; see `answer_regex` for the others)::
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -148,7 +149,7 @@ def _tag_free_parts(plain: Callable[[str], str]) -> tuple[str, str]:
     return token, tail
 
 
-_ASCII_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ASCII_ALNUM = string.digits + string.ascii_letters
 
 # What a prose reasoning (`answer_regex(..., prose_reasoning=True)`) never holds besides "<".
 PROSE_EXCLUDED = '{}[]"'
@@ -182,7 +183,7 @@ def plain_string_body_regex() -> str:
     `"`, a backslash, "<" or a control character) or one of the escapes `\"`, `\\`, `\/`, `\b`; the
     rest are raw characters other than `"`, a backslash, "<" and controls, or single-letter escapes;
     and an ASCII letter or digit comes somewhere, so the query has something to search
-    (`TaskSpec.query_problem`: "..." is well-formed JSON but no query).
+    (`TaskSpec.answer_problem`: "..." is well-formed JSON but no query).
     Every such body is in `json_string_body_regex`'s language (a test checks it), and a query loses
     nothing by it: any text can be written without "<" or `\u` escapes.
 
@@ -190,7 +191,7 @@ def plain_string_body_regex() -> str:
     context-dependent) in about 20 ms per token per sequence on one CPU core, which made it the
     bottleneck of constrained sampling; this body takes about 0.01 ms.
     """
-    alnum = "[0-9A-Za-z]"
+    alnum = f"[{_ASCII_ALNUM}]"
     first = _unit_regex("<" + _ASCII_ALNUM, False, '"\\/b', None, hex_escapes=False)
     between = _unit_regex("<" + _ASCII_ALNUM, None, '"\\/bfnrt', None, hex_escapes=False)
     rest = _unit_regex("<", None, '"\\/bfnrt', None, hex_escapes=False)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from deepretrieval.common.answer_format import AnswerFormat, format_instruction
+from deepretrieval.common.answer_format import AnswerFormat, ParsedAnswer, format_instruction
 from deepretrieval.common.config import StrictModel, validate_config
 from deepretrieval.common.errors import ConfigError
 from deepretrieval.common.query_composition import EXPANDABLE_BACKENDS, QueryComposition, has_terms
@@ -63,7 +63,7 @@ class PromptTemplate(StrictModel):
 
 
 QUERY_NO_TERMS = "query_no_terms"
-"""The error code of an answer whose query holds no letter or digit (`TaskSpec.query_problem`)."""
+"""The error code of an answer whose query holds no letter or digit (`TaskSpec.answer_problem`)."""
 
 
 class TaskSpec(StrictModel):
@@ -96,18 +96,21 @@ class TaskSpec(StrictModel):
                              f"backend {self.backend!r} would read the request's words as part of its query syntax")
         return self
 
-    def query_problem(self, value: str) -> str | None:
-        """Why a well-formed answer still gives a search backend nothing to search, or None.
+    def answer_problem(self, parsed: ParsedAnswer) -> tuple[str, str] | None:
+        """Why a parsed answer gives nothing to use, as (error code, message); None when it does.
 
-        A search query needs a letter or digit. "..." (the placeholder the prompt shows as the
+        Either its format is broken (the parser's error), or, for a search task, its query holds
+        no letter or digit (`QUERY_NO_TERMS`). "..." (the placeholder the prompt shows as the
         answer's shape) passes the format check, and in expand mode it would search the request
         alone, scoring exactly as a copy of it: a policy learns to write it (run L,
-        docs/design-notes.md). Such an answer is `invalid` (`QUERY_NO_TERMS`), the policy's fault,
-        in training, evaluation and serving alike. SQL statements are checked by their backend.
+        docs/design-notes.md). Both are the policy's fault (`invalid`), in training, evaluation and
+        serving alike. SQL statements are checked by their backend.
         """
-        if self.backend == "sql" or has_terms(value):
+        if not parsed.ok or parsed.value is None:
+            return str(parsed.error), parsed.message
+        if self.backend == "sql" or has_terms(parsed.value):
             return None
-        return f"the query {value[:40]!r} has no letter or digit: nothing to search for"
+        return QUERY_NO_TERMS, f"the query {parsed.value[:40]!r} has no letter or digit: nothing to search for"
 
     @property
     def target_kind(self) -> TargetKind:

@@ -15,7 +15,7 @@ from deepretrieval.common.answer_format import ParsedAnswer, parse_answer
 from deepretrieval.common.errors import BackendUnavailable, ConfigError, QuerySyntaxError
 from deepretrieval.common.reward_config import ExecutionRewardConfig, NdcgRewardConfig, RecallRewardConfig
 from deepretrieval.common.targets import AnswersTarget, IdsTarget, SqlTarget, Target
-from deepretrieval.common.tasks import QUERY_NO_TERMS, TaskSpec
+from deepretrieval.common.tasks import TaskSpec
 from deepretrieval.rewarders.base import SearchBackend, SearchResult
 from deepretrieval.rewarders.rewards import (
     Reward,
@@ -73,11 +73,9 @@ async def score_completion(
     """
     parsed = parse_answer(completion, task.answer)
     cfg = task.reward
-    if not parsed.ok or parsed.value is None:
-        return ScoredCompletion(parsed, invalid_reward(cfg, str(parsed.error), parsed.message))
-    problem = task.query_problem(parsed.value)
+    problem = task.answer_problem(parsed)  # None only when the answer carries a usable value
     if problem is not None:
-        return ScoredCompletion(parsed, invalid_reward(cfg, QUERY_NO_TERMS, problem))
+        return ScoredCompletion(parsed, invalid_reward(cfg, *problem))
     if isinstance(cfg, ExecutionRewardConfig):
         return ScoredCompletion(parsed, await _score_sql(parsed.value, target, backend, task, cfg))
     k = k if k is not None else task.k_train
