@@ -61,7 +61,25 @@ def _batch_metrics(batch: Batch, lags: list[int]) -> dict[str, float]:
         "search_latency_mean_s": fmean(lat) if lat else 0.0,
         "response_tokens_mean": fmean(len(s.rollout.response_token_ids) for s in read) if read else nan,
         "groups_dropped_tied": float(len({s.rollout.group_id for s in batch.dropped})),
+        **_per_backend(batch),
     }
+
+
+def _per_backend(batch: Batch) -> dict[str, float]:
+    """Per search backend (one per task in a multi-task run): the reward over the groups read,
+    and how many groups it had among those trained and those dropped for tied rewards.
+
+    A mixed run's `reward_mean` moves when the mix moves; these say which task learnt and which
+    task's groups filled the steps.
+    """
+    out: dict[str, float] = {}
+    read = batch.scored + batch.dropped
+    for backend in sorted({s.backend for s in read}):
+        rewards = [s.reward for s in read if s.backend == backend and s.reward is not None]
+        out[f"reward_mean/{backend}"] = fmean(rewards) if rewards else float("nan")
+        out[f"groups_trained/{backend}"] = float(len({s.rollout.group_id for s in batch.scored if s.backend == backend}))
+        out[f"groups_dropped_tied/{backend}"] = float(len({s.rollout.group_id for s in batch.dropped if s.backend == backend}))
+    return out
 
 
 class Learner:

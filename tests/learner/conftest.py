@@ -60,7 +60,7 @@ def make_scored() -> Callable[..., Scored]:
 
     def make(group_id: str, index: int, reward: float | None, *, status: str = "ok", prompt_len: int = 3,
              response_len: int = 2, constrained: bool = False, top_p: float = 1.0, version: int = 0,
-             temperature: float = 1.0) -> Scored:
+             temperature: float = 1.0, backend: str = "test") -> Scored:
         rng = np.random.default_rng(zlib.crc32(f"{group_id}/{index}".encode()))
         rollout = Rollout(
             uid=f"{group_id}-{index}", group_id=group_id, prompt_uid=f"p-{group_id}", policy_version=version,
@@ -70,7 +70,7 @@ def make_scored() -> Callable[..., Scored]:
             sampling=SamplingParams(temperature, top_p, 16, constrained), finish_reason="stop", completion="x",
             engine="test", created_at=0.0)
         return Scored(rollout=rollout, reward=reward, components={}, status=status, query="q", retrieved_ids=[],
-                      backend="test", index_version="v0", latency_s=0.0, retries=0, cache_hit=False)
+                      backend=backend, index_version="v0", latency_s=0.0, retries=0, cache_hit=False)
 
     return make
 
