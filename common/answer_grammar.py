@@ -151,6 +151,9 @@ def _tag_free_parts(plain: Callable[[str], str]) -> tuple[str, str]:
 
 _ASCII_ALNUM = string.digits + string.ascii_letters
 
+QUERY_LEADS = "("
+"""ASCII punctuation a sampled query may start with (besides a letter, a digit, `\"` and non-ASCII)."""
+
 # What a prose reasoning (`answer_regex(..., prose_reasoning=True)`) never holds besides "<".
 PROSE_EXCLUDED = '{}[]"'
 
@@ -179,11 +182,13 @@ def json_string_body_regex() -> str:
 def plain_string_body_regex() -> str:
     r"""Regex of the sampling sublanguage of JSON string bodies: plain text a grammar mask checks fast.
 
-    No "<" and no `\uXXXX` escapes; the first unit is a raw character that is not whitespace (nor
-    `"`, a backslash, "<" or a control character) or one of the escapes `\"`, `\\`, `\/`, `\b`; the
-    rest are raw characters other than `"`, a backslash, "<" and controls, or single-letter escapes;
-    and an ASCII letter or digit comes somewhere, so the query has something to search
-    (`TaskSpec.answer_problem`: "..." is well-formed JSON but no query).
+    No "<" and no `\uXXXX` escapes; the query starts as a query does (`QUERY_LEADS`): with an
+    ASCII letter or digit, "(" (a Boolean group) or `\"` (a phrase), or a non-ASCII character that
+    is not whitespace ("α-synuclein"); the rest are raw characters other than `"`, a backslash, "<"
+    and controls, or single-letter escapes; and an ASCII letter or digit comes somewhere, so the
+    query has something to search (`TaskSpec.answer_problem`: "..." is well-formed JSON but no
+    query). The lead keeps the prompt's placeholder out of sampled queries: run Q's warm-up kept
+    "... set truffles" and "...USE...USE...", and its policy then answered a bare "..." at greedy.
     Every such body is in `json_string_body_regex`'s language (a test checks it), and a query loses
     nothing by it: any text can be written without "<" or `\u` escapes.
 
@@ -192,10 +197,11 @@ def plain_string_body_regex() -> str:
     bottleneck of constrained sampling; this body takes about 0.01 ms.
     """
     alnum = f"[{_ASCII_ALNUM}]"
-    first = _unit_regex("<" + _ASCII_ALNUM, False, '"\\/b', None, hex_escapes=False)
+    non_ascii = "[^" + _class_items(range(0x80)) + _class_items(cp for cp in UNICODE_WHITESPACE if cp >= 0x80) + "]"
+    other_lead = "(?:" + re.escape(QUERY_LEADS) + r'|\\"|' + non_ascii + ")"
     between = _unit_regex("<" + _ASCII_ALNUM, None, '"\\/bfnrt', None, hex_escapes=False)
     rest = _unit_regex("<", None, '"\\/bfnrt', None, hex_escapes=False)
-    return f"(?:{first}{between}*)?{alnum}{rest}*"
+    return f"(?:{alnum}|{other_lead}{between}*{alnum}){rest}*"
 
 
 @lru_cache(maxsize=32)

@@ -114,7 +114,7 @@ def test_whitespace_table_matches_this_python():
 _REASONING_BITS = ["ab", " ", "\n", "<", "<<", "<t", "<th", "<thin", "<think", "</", "</thin", "<a", "<answe", "</answer", ">", "/", '"', "\\", "{", "é", "\u2028", "x<", "think>"]
 _GOOD_VALUE_BITS = [
     "a", "b c", " ", "\\u0020", "\\u0041", "\\u00A0", "\\u3000", "\\u200B", "\\t", "\\n", "\\f", "\\b", '\\"', "\\\\", "\\/",
-    "\u2028", "\u3000", "<", "<t", "<answe", "</answe", "<think", "<a<", "é", "\\ud800", "\\u1680", "\x7f",
+    "\u2028", "\u3000", "<", "<t", "<answe", "</answe", "<think", "<a<", "é", "\\ud800", "\\u1680", "\x7f", "(", "...",
 ]  # fmt: skip
 _BAD_VALUE_BITS = ["\\x", "\\u12", '"', "\n", "\x01", "\\U0041", "<think>", "</answer>"]
 _GOOD_WS = ["", " ", "\n", "\t", "\r\n"]
@@ -168,7 +168,9 @@ def _in_sampling_sublanguage(text: str, max_reasoning_chars: int) -> bool:
         return False
     raw = _RAW_BODY.search(text).group(1)  # the JSON string body as written
     has_alnum = re.search("[0-9A-Za-z]", re.sub(r"\\.", "", raw)) is not None  # a raw one: "\\b" is an escape
-    return "<" not in raw and "\\u" not in raw.replace("\\\\", "") and not parsed.value[0].isspace() and has_alnum
+    leads_as_a_query = raw.startswith('\\"') or (raw[:1].isalnum() and raw[:1].isascii()) or raw[:1] == "(" \
+        or (not raw[:1].isascii() and not raw[:1].isspace())  # a letter, digit, "(", a phrase's quote, non-ASCII
+    return "<" not in raw and "\\u" not in raw.replace("\\\\", "") and leads_as_a_query and has_alnum
 
 
 def test_bounded_regex_is_the_documented_sublanguage():
@@ -203,7 +205,12 @@ def test_sampling_grammar_masks_fast():
                      ('short</think><answer>{"query": "a \\"b\\" c"}</answer>', True),
                      ('short</think><answer>{"query": " a"}</answer>', False),
                      ('short</think><answer>{"query": "..."}</answer>', False),
-                     ('short</think><answer>{"query": "... 5"}</answer>', True)]:
+                     ('short</think><answer>{"query": "... 5"}</answer>', False),   # the prompt's placeholder leads no query
+                     ('short</think><answer>{"query": "&& 5"}</answer>', False),
+                     ('short</think><answer>{"query": "(a OR b) AND c"}</answer>', True),
+                     ('short</think><answer>{"query": "\\"heart attack\\" aspirin"}</answer>', True),
+                     ('short</think><answer>{"query": "α-synuclein 5"}</answer>', True),
+                     ('short</think><answer>{"query": "5 ..."}</answer>', True)]:
         assert xgr_testing._is_grammar_accept_string(grammar, text) == ok, text
 
 
