@@ -17,6 +17,24 @@ from deepretrieval.common.sampling import SamplingConfig
 from deepretrieval.common.tasks import TaskSpec, build_messages
 
 
+def serving_constraint(task: TaskSpec, *, max_reasoning_chars: int | None = None, max_new_tokens: int | None = None) -> str:
+    """The grammar the serving endpoint decodes `task`'s answers under (and `eval --constrained`).
+
+    The sampling sublanguage of the task's answer format (`answer_regex` with a reasoning cap): a
+    completion decoded under it always parses, and its query has something to search.
+
+    Args:
+        task: the task.
+        max_reasoning_chars: most reasoning characters before `</think>`; None = the token cap, so
+            a long reasoning can still close.
+        max_new_tokens: the generation cap; None = the task's.
+    """
+    from deepretrieval.common.answer_grammar import answer_regex
+
+    cap = max_reasoning_chars if max_reasoning_chars is not None else max_new_tokens or task.max_new_tokens
+    return answer_regex(task.answer, max_reasoning_chars=cap)
+
+
 @dataclass(frozen=True)
 class Rewrite:
     """One rewritten request.

@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default=None, help="task whose prompt/answer format the rewriter uses (default: sparse for bm25, dense for dense)")
     p.add_argument("--temperature", type=float, default=None, help="rewriter temperature (default: the task's eval temperature, 0 = greedy)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="rewriter generation cap (default: the task's)")
+    p.add_argument("--constrained", action="store_true",
+                   help="decode each rewrite under the task's answer grammar, as the serving endpoint does (no answer breaks "
+                        "the format; the table then measures the queries as served)")
+    p.add_argument("--max-reasoning-chars", type=int, default=None,
+                   help="--constrained: most reasoning characters before </think> (default: the token cap, as serving)")
     p.add_argument("--query-mode", choices=["rewrite", "expand"], default=None,
                    help="how a rewrite becomes the search query: alone (rewrite) or appended to the request (expand); "
                         "use the mode the policy was trained with (default: the task's, rewrite)")
@@ -96,6 +101,20 @@ def composition_from_args(args: argparse.Namespace) -> QueryComposition | None:
     return validate_config(QueryComposition, fields, source="--query-mode/--original-repeats/--new-terms-only")
 
 
+def constraint_from_args(args: argparse.Namespace, task_name: str) -> str | None:
+    """The grammar `--constrained` / `--max-reasoning-chars` ask for; None = free decoding."""
+    if args.max_reasoning_chars is not None and not args.constrained:
+        raise ConfigError("--max-reasoning-chars needs --constrained")
+    if not args.constrained:
+        return None
+    if args.max_reasoning_chars is not None and args.max_reasoning_chars < 0:
+        raise ConfigError(f"--max-reasoning-chars must be at least 0, got {args.max_reasoning_chars}")
+    from deepretrieval.actors.rewrite import serving_constraint
+    from deepretrieval.common.tasks import get_task
+
+    return serving_constraint(get_task(task_name), max_reasoning_chars=args.max_reasoning_chars, max_new_tokens=args.max_new_tokens)
+
+
 def run(args: argparse.Namespace) -> int:
     from deepretrieval.common.config import BM25Config
     from deepretrieval.common.datasets import BeirDataset
@@ -125,12 +144,13 @@ def run(args: argparse.Namespace) -> int:
 
         task = args.task or ("dense" if args.retriever == "dense" else "sparse")
         composition = composition_from_args(args)
+        constraint = constraint_from_args(args, task)
         for label, path in rewriters:
             model_dir = Path(resolve_model(str(path), paths.models_dir))
             out = args.rewrites_out.with_name(f"{args.rewrites_out.stem}-{label}{args.rewrites_out.suffix}") if args.rewrites_out and len(rewriters) > 1 else args.rewrites_out
             rewritten, fallback, stats = rewrite_with_policy(model_dir, task, queries, engine=args.engine, temperature=args.temperature,
                                                              max_new_tokens=args.max_new_tokens, rewrites_out=out,
-                                                             composition=composition)
+                                                             composition=composition, constraint=constraint)
             query_sets[label] = rewritten
             query_sets[f"{label}+fallback"] = fallback
             if len(rewriters) == 1:

@@ -12,11 +12,13 @@ from deepretrieval.common.query_composition import QueryComposition
 
 def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str], *, engine: str = "vllm",
                         temperature: float | None = None, max_new_tokens: int | None = None,
-                        rewrites_out: Path | None = None, composition: QueryComposition | None = None) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
+                        rewrites_out: Path | None = None, composition: QueryComposition | None = None,
+                        constraint: str | None = None) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
     """Rewrite every query once with the policy in `model_dir`; return the queries to search.
 
     `composition` (default: the task's own `query`) turns each rewrite into the search query: the
-    rewrite alone, or the request expanded by it.
+    rewrite alone, or the request expanded by it. `constraint` (a grammar regex,
+    `serving_constraint`) decodes as the serving endpoint does; None decodes freely.
 
     Returns:
         (strict search queries: "" where the format broke, search queries with the original query
@@ -33,7 +35,8 @@ def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str]
     t0 = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        rewrites = rewrite_requests(gen, tokenizer, task, queries, temperature=temperature, max_new_tokens=max_new_tokens)
+        rewrites = rewrite_requests(gen, tokenizer, task, queries, temperature=temperature, max_new_tokens=max_new_tokens,
+                                    constraint=constraint)
     finally:
         gen.close()
     seconds = time.perf_counter() - t0
@@ -51,7 +54,7 @@ def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str]
     for rw in rewrites.values():
         if rw.error:
             errors[rw.error] = errors.get(rw.error, 0) + 1
-    stats = {"rewriter": str(model_dir), "engine": engine, "task": task.name, "query_mode": compose.mode,
+    stats = {"rewriter": str(model_dir), "engine": engine, "task": task.name, "constrained": constraint is not None, "query_mode": compose.mode,
              **({"original_repeats": compose.original_repeats, "new_terms_only": compose.new_terms_only} if compose.mode == "expand" else {}), "rewrite_seconds": round(seconds, 2),
              "format_broken_share": sum(rw.query is None for rw in rewrites.values()) / max(1, len(rewrites)),
              "format_errors": errors}

@@ -27,7 +27,7 @@ from ray.serve import Application
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deepretrieval.actors.rewrite import Rewrite, RewriteJob, first_valid, rewrite_jobs
+from deepretrieval.actors.rewrite import Rewrite, RewriteJob, first_valid, rewrite_jobs, serving_constraint
 from deepretrieval.common import trace_names as names
 from deepretrieval.common.config import load_yaml, validate_config
 from deepretrieval.common.errors import BackendUnavailable, ConfigError, EngineError, QuerySyntaxError
@@ -101,7 +101,6 @@ class RewriteService:
             ConfigError: `constrained: true` and the engine has no constrained decoding.
         """
         from deepretrieval.actors.base import GenerationRequest
-        from deepretrieval.common.answer_grammar import answer_regex
         from deepretrieval.common.chat import build_prompt_ids
         from deepretrieval.common.sampling import SamplingConfig
         from deepretrieval.common.tasks import build_messages
@@ -110,8 +109,8 @@ class RewriteService:
         off = {name: None for name in self._tasks}
         if cfg.constrained is False:
             return off
-        regexes = {name: answer_regex(t.answer, max_reasoning_chars=cfg.max_reasoning_chars if cfg.max_reasoning_chars is not None
-                                      else cfg.max_new_tokens or t.max_new_tokens) for name, t in self._tasks.items()}
+        regexes = {name: serving_constraint(t, max_reasoning_chars=cfg.max_reasoning_chars, max_new_tokens=cfg.max_new_tokens)
+                   for name, t in self._tasks.items()}
         task = self._tasks[cfg.task]
         probe = GenerationRequest(build_prompt_ids(self._tokenizer, build_messages(task, "probe"), task.answer.prefill), regexes[cfg.task])
         try:
