@@ -151,6 +151,9 @@ def _tag_free_parts(plain: Callable[[str], str]) -> tuple[str, str]:
 
 _ASCII_ALNUM = string.digits + string.ascii_letters
 
+MAX_QUERY_LEAD = 8
+"""With a query bound: most units before the query's first ASCII letter or digit ("(\\"" is three)."""
+
 QUERY_LEADS = "("
 """ASCII punctuation a sampled query may start with (besides a letter, a digit, `\"` and non-ASCII)."""
 
@@ -178,8 +181,8 @@ def json_string_body_regex() -> str:
     return f"{ws_unit}*(?:{solid_unit}{rest}|{token}{rest}|{tail})"
 
 
-@lru_cache(maxsize=1)
-def plain_string_body_regex() -> str:
+@lru_cache(maxsize=8)
+def plain_string_body_regex(max_chars: int | None = None) -> str:
     r"""Regex of the sampling sublanguage of JSON string bodies: plain text a grammar mask checks fast.
 
     No "<" and no `\uXXXX` escapes; the query starts as a query does (`QUERY_LEADS`): with an
@@ -192,6 +195,11 @@ def plain_string_body_regex() -> str:
     Every such body is in `json_string_body_regex`'s language (a test checks it), and a query loses
     nothing by it: any text can be written without "<" or `\u` escapes.
 
+    With `max_chars`, the body is bounded so a decoder under it must close the answer: at most
+    `MAX_QUERY_LEAD` units before the first letter or digit, and `max_chars` from it on. A
+    bounded reasoning alone does not close every completion: run S's RL policy, decoded under the
+    grammar, looped "radioiodine treatment of thyroid volume, ..." in the query until the token cap.
+
     Why it exists: xgrammar masks the exact body (its tag-free alternation makes most tokens
     context-dependent) in about 20 ms per token per sequence on one CPU core, which made it the
     bottleneck of constrained sampling; this body takes about 0.01 ms.
@@ -201,7 +209,12 @@ def plain_string_body_regex() -> str:
     other_lead = "(?:" + re.escape(QUERY_LEADS) + r'|\\"|' + non_ascii + ")"
     between = _unit_regex("<" + _ASCII_ALNUM, None, '"\\/bfnrt', None, hex_escapes=False)
     rest = _unit_regex("<", None, '"\\/bfnrt', None, hex_escapes=False)
-    return f"(?:{alnum}|{other_lead}{between}*{alnum}){rest}*"
+    if max_chars is None:
+        return f"(?:{alnum}|{other_lead}{between}*{alnum}){rest}*"
+    if max_chars < 1:
+        raise ValueError(f"max_query_chars must be >= 1, got {max_chars}")
+    tail = f"{{0,{max_chars - 1}}}" if max_chars > 1 else "{0}"
+    return f"(?:{alnum}|{other_lead}{between}{{0,{MAX_QUERY_LEAD - 1}}}{alnum}){rest}{tail}"
 
 
 @lru_cache(maxsize=32)
@@ -219,7 +232,8 @@ def json_object_regex(key: str, body: str | None = None) -> str:
     return f'{_WSJ}\\{{{_WSJ}"{re.escape(key)}"{_WSJ}:{_WSJ}"{body}"{_WSJ}\\}}{_WSJ}'
 
 
-def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None, *, prose_reasoning: bool = False) -> str:
+def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None, *, prose_reasoning: bool = False,
+                 max_query_chars: int | None = None) -> str:
     r"""A regex matching exactly the completions `parse_answer(completion, fmt)` accepts.
 
     For grammar-constrained sampling (e.g. vLLM `StructuredOutputsParams(regex=...)`). Match it
@@ -236,19 +250,22 @@ def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None, *, p
             `PROSE_EXCLUDED` (JSON brackets and double quotes): prose, never an answer-like object
             or a list of quoted strings, which a policy fine-tuned on such samples goes on writing
             in place of its answer (docs/design-notes.md, run I).
+        max_query_chars: with `max_reasoning_chars`, the value is bounded too
+            (`plain_string_body_regex(max_query_chars)`), so every decoding closes within
+            `max_reasoning_chars + max_query_chars + MAX_QUERY_LEAD` characters plus the tags.
 
     Returns:
         The regex (no anchors; use `re.fullmatch` in Python).
     """
     if max_reasoning_chars is None:
-        if prose_reasoning:
-            raise ValueError("prose_reasoning needs max_reasoning_chars (the sampling grammar)")
+        if prose_reasoning or max_query_chars is not None:
+            raise ValueError("prose_reasoning and max_query_chars need max_reasoning_chars (the sampling grammar)")
         reasoning, body = tag_free_text_regex(), None
     else:
         if max_reasoning_chars < 0:
             raise ValueError(f"max_reasoning_chars must be >= 0, got {max_reasoning_chars}")
         excluded = "<" + (re.escape(PROSE_EXCLUDED) if prose_reasoning else "")
-        reasoning, body = f"[^{excluded}]{{0,{max_reasoning_chars}}}", plain_string_body_regex()
+        reasoning, body = f"[^{excluded}]{{0,{max_reasoning_chars}}}", plain_string_body_regex(max_query_chars)
     answer = f"{re.escape(ANSWER_OPEN)}{json_object_regex(fmt.key, body)}{re.escape(ANSWER_CLOSE)}{_WSJ}"
     think_block = f"{reasoning}{re.escape(THINK_CLOSE)}{_WSJ}"
     if fmt.think == "prefill":

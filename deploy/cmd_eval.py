@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the format; the table then measures the queries as served)")
     p.add_argument("--max-reasoning-chars", type=int, default=None,
                    help="--constrained: most reasoning characters before </think> (default: the token cap, as serving)")
+    p.add_argument("--max-query-chars", type=int, default=None,
+                   help="--constrained: most characters of the query, so a looping policy still closes its answer (default: unbounded)")
     p.add_argument("--query-mode", choices=["rewrite", "expand"], default=None,
                    help="how a rewrite becomes the search query: alone (rewrite) or appended to the request (expand); "
                         "use the mode the policy was trained with (default: the task's, rewrite)")
@@ -102,17 +104,19 @@ def composition_from_args(args: argparse.Namespace) -> QueryComposition | None:
 
 
 def constraint_from_args(args: argparse.Namespace, task_name: str) -> str | None:
-    """The grammar `--constrained` / `--max-reasoning-chars` ask for; None = free decoding."""
-    if args.max_reasoning_chars is not None and not args.constrained:
-        raise ConfigError("--max-reasoning-chars needs --constrained")
+    """The grammar `--constrained` / `--max-reasoning-chars` / `--max-query-chars` ask for; None = free decoding."""
+    for flag, value, least in (("--max-reasoning-chars", args.max_reasoning_chars, 0), ("--max-query-chars", args.max_query_chars, 1)):
+        if value is not None and not args.constrained:
+            raise ConfigError(f"{flag} needs --constrained")
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be at least {least}, got {value}")
     if not args.constrained:
         return None
-    if args.max_reasoning_chars is not None and args.max_reasoning_chars < 0:
-        raise ConfigError(f"--max-reasoning-chars must be at least 0, got {args.max_reasoning_chars}")
     from deepretrieval.actors.rewrite import serving_constraint
     from deepretrieval.common.tasks import get_task
 
-    return serving_constraint(get_task(task_name), max_reasoning_chars=args.max_reasoning_chars, max_new_tokens=args.max_new_tokens)
+    return serving_constraint(get_task(task_name), max_reasoning_chars=args.max_reasoning_chars, max_new_tokens=args.max_new_tokens,
+                              max_query_chars=args.max_query_chars)
 
 
 def run(args: argparse.Namespace) -> int:
