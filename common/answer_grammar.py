@@ -98,6 +98,13 @@ def _hex_number_regex(values: frozenset[int], width: int, complement: bool) -> s
     return alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
 
 
+def _raw_char_class(excluded_literals: str, extra_items: str = "") -> str:
+    """A class of one raw JSON string character: not `"`, a backslash or a control, nor any of
+    `excluded_literals` (ASCII) or the class items `extra_items`."""
+    extra = "".join(re.escape(c) for c in excluded_literals)
+    return f'[^"\\\\\\u0000-\\u001f{extra}{extra_items}]'
+
+
 def _unit_regex(excluded_literals: str, literal_ws: bool | None, escapes: str, hex_ws: bool | None, *, hex_escapes: bool = True) -> str:
     """One JSON string unit (a raw character or an escape sequence), filtered.
 
@@ -112,9 +119,7 @@ def _unit_regex(excluded_literals: str, literal_ws: bool | None, escapes: str, h
     if literal_ws:
         literal = "[" + _class_items(cp for cp in raw_ws if chr(cp) not in excluded_literals) + "]"
     else:
-        skip = _class_items(raw_ws) if literal_ws is False else ""
-        extra = "".join(re.escape(c) for c in excluded_literals)
-        literal = f'[^"\\\\\\u0000-\\u001f{extra}{skip}]'
+        literal = _raw_char_class(excluded_literals, _class_items(raw_ws) if literal_ws is False else "")
     branches = [literal]
     if escapes:
         branches.append("\\\\[" + "".join(re.escape(c) for c in escapes) + "]")
@@ -195,8 +200,9 @@ def plain_string_body_regex(max_chars: int | None = None) -> str:
     Every such body is in `json_string_body_regex`'s language (a test checks it), and a query loses
     nothing by it: any text can be written without "<" or `\u` escapes.
 
-    With `max_chars`, the body is bounded so a decoder under it must close the answer: at most
-    `MAX_QUERY_LEAD` units before the first letter or digit, and `max_chars` from it on. A
+    With `max_chars`, the body is bounded so a decoder under it must close the answer: raw
+    characters only (no escapes, so no `\"` phrase), at most `MAX_QUERY_LEAD` before the first
+    ASCII letter or digit, and `max_chars` from it on. A
     bounded reasoning alone does not close every completion: run S's RL policy, decoded under the
     grammar, looped "radioiodine treatment of thyroid volume, ..." in the query until the token cap.
 
@@ -213,8 +219,12 @@ def plain_string_body_regex(max_chars: int | None = None) -> str:
         return f"(?:{alnum}|{other_lead}{between}*{alnum}){rest}*"
     if max_chars < 1:
         raise ValueError(f"max_query_chars must be >= 1, got {max_chars}")
-    tail = f"{{0,{max_chars - 1}}}" if max_chars > 1 else "{0}"
-    return f"(?:{alnum}|{other_lead}{between}{{0,{MAX_QUERY_LEAD - 1}}}{alnum}){rest}{tail}"
+    # Bounded: raw characters only. xgrammar expands a bounded repeat of an alternation (a raw
+    # character or an escape) into nested rules: 11 ms per token to mask at 64 characters against
+    # 0.1 ms at 256 for a bounded character class (measured with SmolLM2's vocabulary).
+    bounded_lead = "(?:" + re.escape(QUERY_LEADS) + "|" + non_ascii + ")"
+    return (f"(?:{alnum}|{bounded_lead}{_raw_char_class('<' + _ASCII_ALNUM)}{{0,{MAX_QUERY_LEAD - 1}}}{alnum})"
+            f"{_raw_char_class('<')}{{0,{max_chars - 1}}}")
 
 
 @lru_cache(maxsize=32)

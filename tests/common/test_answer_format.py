@@ -215,7 +215,7 @@ def test_sampling_grammar_masks_fast():
 
 
 def test_a_query_bound_closes_every_decoding():
-    """`max_query_chars`: a looping query must stop; the bounded body stays inside the exact body, and xgrammar agrees."""
+    """`max_query_chars`: a looping query must stop (raw characters only: no escapes); the bounded body stays inside the exact body, and xgrammar agrees."""
     pytest.importorskip("xgrammar", reason="xgrammar (a vLLM dependency) is not installed")
     from deepretrieval.actors.grammar_mask import import_xgrammar
 
@@ -225,7 +225,7 @@ def test_a_query_bound_closes_every_decoding():
     regex = answer_regex(QUERY, max_reasoning_chars=20, max_query_chars=12)
     grammar = xgrammar.Grammar.from_regex(regex)
     exact = re.compile(json_string_body_regex())
-    for query, ok in [("a" * 12, True), ("a" * 13, False), ('(\\"heart\\" x', True), ("(((((((((x", False), ("thyroid, thyroid, thyroid", False)]:
+    for query, ok in [("a" * 12, True), ("a" * 13, False), ("(heart) x", True), ('a \\"b\\"', False), ("(((((((((x", False), ("thyroid, thyroid, thyroid", False)]:
         text = f'short</think><answer>{{"query": "{query}"}}</answer>'
         assert bool(re.fullmatch(regex, text)) == ok == xgr_testing._is_grammar_accept_string(grammar, text), text
         assert not ok or exact.fullmatch(query)
