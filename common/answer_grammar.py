@@ -157,10 +157,11 @@ def _tag_free_parts(plain: Callable[[str], str]) -> tuple[str, str]:
 _ASCII_ALNUM = string.digits + string.ascii_letters
 
 MAX_QUERY_LEAD = 8
-"""With a query bound: most units before the query's first ASCII letter or digit ("(\\"" is three)."""
+"""With a query bound: most raw characters before the query's first ASCII letter or digit."""
 
 QUERY_LEADS = "("
-"""ASCII punctuation a sampled query may start with (besides a letter, a digit, `\"` and non-ASCII)."""
+"""ASCII punctuation a sampled query may start with (besides a letter, a digit, non-ASCII, and `\"`
+when the query is unbounded)."""
 
 # What a prose reasoning (`answer_regex(..., prose_reasoning=True)`) never holds besides "<".
 PROSE_EXCLUDED = '{}[]"'
@@ -202,9 +203,9 @@ def plain_string_body_regex(max_chars: int | None = None) -> str:
 
     With `max_chars`, the body is bounded so a decoder under it must close the answer: raw
     characters only (no escapes, so no `\"` phrase), at most `MAX_QUERY_LEAD` before the first
-    ASCII letter or digit, and `max_chars` from it on. A
-    bounded reasoning alone does not close every completion: run S's RL policy, decoded under the
-    grammar, looped "radioiodine treatment of thyroid volume, ..." in the query until the token cap.
+    ASCII letter or digit, and `max_chars` from it on. A bounded reasoning alone does not close
+    every completion: run S's RL policy, decoded under the grammar, looped "radioiodine treatment
+    of thyroid volume, ..." in the query until the token cap.
 
     Why it exists: xgrammar masks the exact body (its tag-free alternation makes most tokens
     context-dependent) in about 20 ms per token per sequence on one CPU core, which made it the
@@ -221,7 +222,7 @@ def plain_string_body_regex(max_chars: int | None = None) -> str:
         raise ValueError(f"max_query_chars must be >= 1, got {max_chars}")
     # Bounded: raw characters only. xgrammar expands a bounded repeat of an alternation (a raw
     # character or an escape) into nested rules: 11 ms per token to mask at 64 characters against
-    # 0.1 ms at 256 for a bounded character class (measured with SmolLM2's vocabulary).
+    # 0.15 ms at 256 for a bounded character class (measured with SmolLM2's vocabulary).
     bounded_lead = "(?:" + re.escape(QUERY_LEADS) + "|" + non_ascii + ")"
     return (f"(?:{alnum}|{bounded_lead}{_raw_char_class('<' + _ASCII_ALNUM)}{{0,{MAX_QUERY_LEAD - 1}}}{alnum})"
             f"{_raw_char_class('<')}{{0,{max_chars - 1}}}")
