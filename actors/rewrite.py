@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 from deepretrieval.actors.base import GenerationEngine, GenerationRequest
 from deepretrieval.common.answer_format import parse_answer
+from deepretrieval.common.answer_grammar import answer_regex
 from deepretrieval.common.chat import build_prompt_ids
 from deepretrieval.common.sampling import SamplingConfig
 from deepretrieval.common.tasks import TaskSpec, build_messages
 
 
 def serving_constraint(task: TaskSpec, *, max_reasoning_chars: int | None = None, max_new_tokens: int | None = None,
-                       max_query_chars: int | None = None) -> str:
+                       max_rewrite_chars: int | None = None) -> str:
     """The grammar the serving endpoint decodes `task`'s answers under (and `eval --constrained`).
 
     The sampling sublanguage of the task's answer format (`answer_regex` with a reasoning cap): a
@@ -29,13 +30,11 @@ def serving_constraint(task: TaskSpec, *, max_reasoning_chars: int | None = None
         max_reasoning_chars: most reasoning characters before `</think>`; None = the token cap, so
             a long reasoning can still close.
         max_new_tokens: the generation cap; None = the task's.
-        max_query_chars: most characters of the query (`plain_string_body_regex`); None = unbounded,
+        max_rewrite_chars: most characters of the query (`plain_string_body_regex`); None = unbounded,
             and a policy that loops inside its query runs to the token cap and breaks the format.
     """
-    from deepretrieval.common.answer_grammar import answer_regex
-
     cap = max_reasoning_chars if max_reasoning_chars is not None else max_new_tokens or task.max_new_tokens
-    return answer_regex(task.answer, max_reasoning_chars=cap, max_query_chars=max_query_chars)
+    return answer_regex(task.answer, max_reasoning_chars=cap, max_rewrite_chars=max_rewrite_chars)
 
 
 @dataclass(frozen=True)

@@ -213,18 +213,17 @@ def plain_string_body_regex(max_chars: int | None = None) -> str:
     """
     alnum = f"[{_ASCII_ALNUM}]"
     non_ascii = "[^" + _class_items(range(0x80)) + _class_items(cp for cp in UNICODE_WHITESPACE if cp >= 0x80) + "]"
-    other_lead = "(?:" + re.escape(QUERY_LEADS) + r'|\\"|' + non_ascii + ")"
+    lead = "(?:" + re.escape(QUERY_LEADS) + "|" + non_ascii + ")"   # besides a letter or digit
     between = _unit_regex("<" + _ASCII_ALNUM, None, '"\\/bfnrt', None, hex_escapes=False)
     rest = _unit_regex("<", None, '"\\/bfnrt', None, hex_escapes=False)
     if max_chars is None:
-        return f"(?:{alnum}|{other_lead}{between}*{alnum}){rest}*"
+        return f"(?:{alnum}|(?:{lead}|\\\\\"){between}*{alnum}){rest}*"   # ... or a phrase's escaped quote
     if max_chars < 1:
-        raise ValueError(f"max_query_chars must be >= 1, got {max_chars}")
+        raise ValueError(f"max_rewrite_chars must be >= 1, got {max_chars}")
     # Bounded: raw characters only. xgrammar expands a bounded repeat of an alternation (a raw
     # character or an escape) into nested rules: 11 ms per token to mask at 64 characters against
     # 0.15 ms at 256 for a bounded character class (measured with SmolLM2's vocabulary).
-    bounded_lead = "(?:" + re.escape(QUERY_LEADS) + "|" + non_ascii + ")"
-    return (f"(?:{alnum}|{bounded_lead}{_raw_char_class('<' + _ASCII_ALNUM)}{{0,{MAX_QUERY_LEAD - 1}}}{alnum})"
+    return (f"(?:{alnum}|{lead}{_raw_char_class('<' + _ASCII_ALNUM)}{{0,{MAX_QUERY_LEAD - 1}}}{alnum})"
             f"{_raw_char_class('<')}{{0,{max_chars - 1}}}")
 
 
@@ -244,7 +243,7 @@ def json_object_regex(key: str, body: str | None = None) -> str:
 
 
 def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None, *, prose_reasoning: bool = False,
-                 max_query_chars: int | None = None) -> str:
+                 max_rewrite_chars: int | None = None) -> str:
     r"""A regex matching exactly the completions `parse_answer(completion, fmt)` accepts.
 
     For grammar-constrained sampling (e.g. vLLM `StructuredOutputsParams(regex=...)`). Match it
@@ -261,22 +260,22 @@ def answer_regex(fmt: AnswerFormat, max_reasoning_chars: int | None = None, *, p
             `PROSE_EXCLUDED` (JSON brackets and double quotes): prose, never an answer-like object
             or a list of quoted strings, which a policy fine-tuned on such samples goes on writing
             in place of its answer (docs/design-notes.md, run I).
-        max_query_chars: with `max_reasoning_chars`, the value is bounded too
-            (`plain_string_body_regex(max_query_chars)`), so every decoding closes within
-            `max_reasoning_chars + max_query_chars + MAX_QUERY_LEAD` characters plus the tags.
+        max_rewrite_chars: with `max_reasoning_chars`, the value is bounded too
+            (`plain_string_body_regex(max_rewrite_chars)`), so every decoding closes within
+            `max_reasoning_chars + max_rewrite_chars + MAX_QUERY_LEAD` characters plus the tags.
 
     Returns:
         The regex (no anchors; use `re.fullmatch` in Python).
     """
     if max_reasoning_chars is None:
-        if prose_reasoning or max_query_chars is not None:
-            raise ValueError("prose_reasoning and max_query_chars need max_reasoning_chars (the sampling grammar)")
+        if prose_reasoning or max_rewrite_chars is not None:
+            raise ValueError("prose_reasoning and max_rewrite_chars need max_reasoning_chars (the sampling grammar)")
         reasoning, body = tag_free_text_regex(), None
     else:
         if max_reasoning_chars < 0:
             raise ValueError(f"max_reasoning_chars must be >= 0, got {max_reasoning_chars}")
         excluded = "<" + (re.escape(PROSE_EXCLUDED) if prose_reasoning else "")
-        reasoning, body = f"[^{excluded}]{{0,{max_reasoning_chars}}}", plain_string_body_regex(max_query_chars)
+        reasoning, body = f"[^{excluded}]{{0,{max_reasoning_chars}}}", plain_string_body_regex(max_rewrite_chars)
     answer = f"{re.escape(ANSWER_OPEN)}{json_object_regex(fmt.key, body)}{re.escape(ANSWER_CLOSE)}{_WSJ}"
     think_block = f"{reasoning}{re.escape(THINK_CLOSE)}{_WSJ}"
     if fmt.think == "prefill":

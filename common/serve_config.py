@@ -65,7 +65,7 @@ class ServeConfig(StrictModel):
     constrained: bool | None = Field(None, description="Grammar-constrained decoding of the answer format: true = required (start fails if the engine has none), false = off, null = on when the engine supports it.")
     max_reasoning_chars: int | None = Field(None, ge=0, description="Constrained decoding: most reasoning characters before </think>, so the answer closes within max_new_tokens; null = max_new_tokens.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 = greedy. Requests with n > 1 sample at the task's training temperature when this is 0.")
-    max_query_chars: int | None = Field(None, ge=1, description="Constrained decoding: most characters of the query, so a policy that loops inside it still closes the answer; null = unbounded.")
+    max_rewrite_chars: int | None = Field(None, ge=1, description="Constrained decoding: most characters of the rewritten query in the answer, so a policy that loops inside it still closes the answer; null = unbounded. (`max_query_chars` bounds the request instead.)")
     max_new_tokens: int | None = Field(None, ge=1, le=32768, description="Generation cap per completion; null = the task's (512).")
     max_n: int = Field(8, ge=1, le=64, description="Largest `n` (completions per request) a request may ask for.")
     max_query_chars: int = Field(2000, ge=1, le=1_000_000, description="Longest request text accepted; longer ones are refused with HTTP 413.")

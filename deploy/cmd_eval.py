@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the format; the table then measures the queries as served)")
     p.add_argument("--max-reasoning-chars", type=int, default=None,
                    help="--constrained: most reasoning characters before </think> (default: the token cap, as serving)")
-    p.add_argument("--max-query-chars", type=int, default=None,
+    p.add_argument("--max-rewrite-chars", type=int, default=None,
                    help="--constrained: most characters of the query, so a looping policy still closes its answer (default: unbounded)")
     p.add_argument("--query-mode", choices=["rewrite", "expand"], default=None,
                    help="how a rewrite becomes the search query: alone (rewrite) or appended to the request (expand); "
@@ -104,8 +104,8 @@ def composition_from_args(args: argparse.Namespace) -> QueryComposition | None:
 
 
 def constraint_from_args(args: argparse.Namespace, task_name: str) -> str | None:
-    """The grammar `--constrained` / `--max-reasoning-chars` / `--max-query-chars` ask for; None = free decoding."""
-    for flag, value, least in (("--max-reasoning-chars", args.max_reasoning_chars, 0), ("--max-query-chars", args.max_query_chars, 1)):
+    """The grammar `--constrained` / `--max-reasoning-chars` / `--max-rewrite-chars` ask for; None = free decoding."""
+    for flag, value, least in (("--max-reasoning-chars", args.max_reasoning_chars, 0), ("--max-rewrite-chars", args.max_rewrite_chars, 1)):
         if value is not None and not args.constrained:
             raise ConfigError(f"{flag} needs --constrained")
         if value is not None and value < least:
@@ -116,7 +116,7 @@ def constraint_from_args(args: argparse.Namespace, task_name: str) -> str | None
     from deepretrieval.common.tasks import get_task
 
     return serving_constraint(get_task(task_name), max_reasoning_chars=args.max_reasoning_chars, max_new_tokens=args.max_new_tokens,
-                              max_query_chars=args.max_query_chars)
+                              max_rewrite_chars=args.max_rewrite_chars)
 
 
 def run(args: argparse.Namespace) -> int:

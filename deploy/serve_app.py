@@ -110,7 +110,7 @@ class RewriteService:
         if cfg.constrained is False:
             return off
         regexes = {name: serving_constraint(t, max_reasoning_chars=cfg.max_reasoning_chars, max_new_tokens=cfg.max_new_tokens,
-                                         max_query_chars=cfg.max_query_chars)
+                                         max_rewrite_chars=cfg.max_rewrite_chars)
                    for name, t in self._tasks.items()}
         task = self._tasks[cfg.task]
         probe = GenerationRequest(build_prompt_ids(self._tokenizer, build_messages(task, "probe"), task.answer.prefill), regexes[cfg.task])

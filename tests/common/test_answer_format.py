@@ -215,21 +215,21 @@ def test_sampling_grammar_masks_fast():
 
 
 def test_a_query_bound_closes_every_decoding():
-    """`max_query_chars`: a looping query must stop (raw characters only: no escapes); the bounded body stays inside the exact body, and xgrammar agrees."""
+    """`max_rewrite_chars`: a looping query must stop (raw characters only: no escapes); the bounded body stays inside the exact body, and xgrammar agrees."""
     pytest.importorskip("xgrammar", reason="xgrammar (a vLLM dependency) is not installed")
     from deepretrieval.actors.grammar_mask import import_xgrammar
 
     xgrammar = import_xgrammar()
     import xgrammar.testing as xgr_testing
 
-    regex = answer_regex(QUERY, max_reasoning_chars=20, max_query_chars=12)
+    regex = answer_regex(QUERY, max_reasoning_chars=20, max_rewrite_chars=12)
     grammar = xgrammar.Grammar.from_regex(regex)
     exact = re.compile(json_string_body_regex())
     for query, ok in [("a" * 12, True), ("a" * 13, False), ("(heart) x", True), ('a \\"b\\"', False), ("(((((((((x", False), ("thyroid, thyroid, thyroid", False)]:
         text = f'short</think><answer>{{"query": "{query}"}}</answer>'
         assert bool(re.fullmatch(regex, text)) == ok == xgr_testing._is_grammar_accept_string(grammar, text), text
         assert not ok or exact.fullmatch(query)
-    for bad in ({"max_query_chars": 0, "max_reasoning_chars": 5}, {"max_query_chars": 5}):
+    for bad in ({"max_rewrite_chars": 0, "max_reasoning_chars": 5}, {"max_rewrite_chars": 5}):
         with pytest.raises(ValueError):
             answer_regex(QUERY, **bad)
 

@@ -39,6 +39,13 @@ def test_bad_serve_config_names_the_field(data: dict, field: str):
         validate_config(ServeConfig, data)
 
 
+def test_the_answer_bound_and_the_request_limit_are_two_settings():
+    """`max_rewrite_chars` bounds the policy's query in the grammar; `max_query_chars` the request text (HTTP 413)."""
+    cfg = validate_config(ServeConfig, {"max_rewrite_chars": 24})
+    assert (cfg.max_rewrite_chars, cfg.max_query_chars) == (24, 2000)
+    assert ServeConfig().max_rewrite_chars is None
+
+
 def test_search_without_a_backend_is_refused():
     with pytest.raises(ApiError) as e:
         parse_rewrite_request(json.dumps({"query": "statins", "search": True}).encode(), ServeConfig())

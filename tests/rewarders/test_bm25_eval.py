@@ -89,7 +89,7 @@ def test_several_rewriters_in_one_table_on_any_beir_folder(tmp_path, tiny_beir, 
 def test_constrained_rewrites_are_decoded_as_served(tmp_path, tiny_beir, data_root, index_root, policy_dir):
     """`--constrained`: the untrained model, which never writes the format freely, answers every query well-formed under the serving grammar."""
     report = _eval(["--dataset", str(tiny_beir), "--max-queries", "3", "--engine", "hf", "--max-new-tokens", "96", "--constrained",
-                    "--max-reasoning-chars", "0", "--max-query-chars", "24", "--rewriter", str(policy_dir), "--rewrites-out", str(tmp_path / "rw.jsonl")],
+                    "--max-reasoning-chars", "0", "--max-rewrite-chars", "24", "--rewriter", str(policy_dir), "--rewrites-out", str(tmp_path / "rw.jsonl")],
                    tmp_path, data_root, index_root)
     assert report["constrained"] is True and report["format_broken_share"] == 0.0
     rows = [json.loads(line) for line in (tmp_path / "rw.jsonl").read_text().splitlines()]
@@ -103,16 +103,16 @@ def test_eval_constrained_flags_are_checked_at_the_edge():
     from deepretrieval.common.errors import ConfigError
     from deepretrieval.deploy.cmd_eval import constraint_from_args
 
-    assert constraint_from_args(argparse.Namespace(constrained=False, max_reasoning_chars=None, max_new_tokens=None, max_query_chars=None), "sparse") is None
+    assert constraint_from_args(argparse.Namespace(constrained=False, max_reasoning_chars=None, max_new_tokens=None, max_rewrite_chars=None), "sparse") is None
     with pytest.raises(ConfigError, match="needs --constrained"):
-        constraint_from_args(argparse.Namespace(constrained=False, max_reasoning_chars=40, max_new_tokens=None, max_query_chars=None), "sparse")
-    with pytest.raises(ConfigError, match="--max-query-chars needs --constrained"):
-        constraint_from_args(argparse.Namespace(constrained=False, max_reasoning_chars=None, max_new_tokens=None, max_query_chars=9), "sparse")
+        constraint_from_args(argparse.Namespace(constrained=False, max_reasoning_chars=40, max_new_tokens=None, max_rewrite_chars=None), "sparse")
+    with pytest.raises(ConfigError, match="--max-rewrite-chars needs --constrained"):
+        constraint_from_args(argparse.Namespace(constrained=False, max_reasoning_chars=None, max_new_tokens=None, max_rewrite_chars=9), "sparse")
     with pytest.raises(ConfigError, match="at least 0"):
-        constraint_from_args(argparse.Namespace(constrained=True, max_reasoning_chars=-1, max_new_tokens=None, max_query_chars=None), "sparse")
-    with pytest.raises(ConfigError, match="--max-query-chars must be at least 1"):
-        constraint_from_args(argparse.Namespace(constrained=True, max_reasoning_chars=None, max_new_tokens=None, max_query_chars=0), "sparse")
-    bounded = constraint_from_args(argparse.Namespace(constrained=True, max_reasoning_chars=40, max_new_tokens=None, max_query_chars=30), "sparse")
+        constraint_from_args(argparse.Namespace(constrained=True, max_reasoning_chars=-1, max_new_tokens=None, max_rewrite_chars=None), "sparse")
+    with pytest.raises(ConfigError, match="--max-rewrite-chars must be at least 1"):
+        constraint_from_args(argparse.Namespace(constrained=True, max_reasoning_chars=None, max_new_tokens=None, max_rewrite_chars=0), "sparse")
+    bounded = constraint_from_args(argparse.Namespace(constrained=True, max_reasoning_chars=40, max_new_tokens=None, max_rewrite_chars=30), "sparse")
     assert "{0,40}" in bounded and "{0,29}" in bounded
 
 
