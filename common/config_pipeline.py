@@ -18,7 +18,7 @@ class TransportConfig(StrictModel):
 
     type: Literal["redis"] = Field("redis", description="Transport backend; only 'redis' (Redis Streams) exists.")
     url: str | None = Field(None, description="Redis URL, e.g. redis://host:6379/0; None = the launcher starts a private redis-server for the run. Keep passwords out of config files (use the REDIS_URL env override).")
-    backlog_bound: int = Field(1024, ge=1, description="Most entries a stream may hold that its slowest consumer group has not acked (undelivered + pending); publish waits while the backlog is at this bound. Nothing is ever trimmed unacked.")
+    backlog_bound: int = Field(4096, ge=1, description="Most entries a stream may hold that its slowest consumer group has not acked (undelivered + pending); publish waits while the backlog is at this bound. Nothing is ever trimmed unacked.")
     block_ms: int = Field(1000, ge=0, description="How long one read blocks waiting for new entries, in ms (0 = do not block).")
     claim_idle_ms: int = Field(60_000, ge=1, description="An entry delivered but not acked for this long (its consumer presumably died) is reclaimed by the next reader, in ms. Must exceed the longest normal processing time of one batch.")
     max_deliveries: int = Field(5, ge=1, description="An entry delivered this many times without an ack goes to the dead-letter stream '<stream>:dead' instead of being delivered again.")

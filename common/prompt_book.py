@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
@@ -84,10 +85,44 @@ class PromptBook:
             self._targets[prompt.uid] = t
         return t
 
-    def epochs(self, seed: int) -> Iterator[Prompt]:
-        """Prompts forever, reshuffled each epoch (deterministic for a seed)."""
+    def epochs(self, seed: int, weights: Mapping[str, float] | None = None) -> Iterator[Prompt]:
+        """Prompts forever, deterministic for a seed.
+
+        Without `weights`, all prompts reshuffled together each epoch: each task gets its share
+        of the prompt count. With `weights` (task -> positive weight, one per task in the book),
+        each prompt is of a task drawn with probability weight / total, and each task walks its
+        own prompts, reshuffled whenever they run out: a task can then get more of the stream
+        than of the pool (NFCorpus, whose groups tie more often than PubMed's, configs/default-cpu.yaml).
+
+        Raises:
+            DatasetError: the weights do not name exactly the book's tasks, or one is not positive
+                (checked here, not at the first draw).
+        """
         rng = random.Random(seed)
-        order = list(self._by_uid.values())
-        while order:
-            rng.shuffle(order)
-            yield from order
+        if weights is None:
+            return _reshuffled(list(self._by_uid.values()), rng)
+        by_task: dict[str, list[Prompt]] = {}
+        for p in self._by_uid.values():
+            by_task.setdefault(p.task, []).append(p)
+        if set(weights) != set(by_task):
+            raise DatasetError(f"prompt weights name tasks {sorted(weights)}, the prompts are of tasks {sorted(by_task)}")
+        if any(not w > 0 for w in weights.values()):
+            raise DatasetError(f"prompt weights must be positive, got {dict(weights)}")
+        tasks = sorted(by_task)
+        walks = {t: _reshuffled(by_task[t], rng) for t in tasks}
+        return _weighted(walks, list(itertools.accumulate(weights[t] for t in tasks)), rng)
+
+
+def _reshuffled(prompts: Sequence[Prompt], rng: random.Random) -> Iterator[Prompt]:
+    """`prompts` forever, reshuffled by `rng` before each pass (nothing when there are none)."""
+    order = list(prompts)
+    while order:
+        rng.shuffle(order)
+        yield from order
+
+
+def _weighted(walks: Mapping[str, Iterator[Prompt]], cum_weights: Sequence[float], rng: random.Random) -> Iterator[Prompt]:
+    """Each prompt from the walk of a task drawn by `cum_weights` (in `walks`' key order)."""
+    tasks = list(walks)
+    while True:
+        yield next(walks[rng.choices(tasks, cum_weights=cum_weights)[0]])

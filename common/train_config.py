@@ -27,6 +27,8 @@ class RunTaskConfig(TaskRunConfig):
     eval_split: str | None = Field("test", description="Held-out split evaluated before and after training; None skips it.")
     max_prompts: int | None = Field(None, ge=1, description="Use at most this many training prompts (short runs).")
     eval_max_queries: int | None = Field(100, ge=1, description="Evaluate at most this many held-out requests.")
+    weight: float | None = Field(None, gt=0, description="Share of the RL prompt stream: each prompt is of this task with probability weight / the tasks' total. "
+                                                         "None on every task = all prompts shuffled together (each task by its prompt count); set on one, set on all.")
 
 
 class ActorsConfig(StrictModel):
@@ -125,7 +127,17 @@ class TrainConfig(StrictModel):
         names = [t.task for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"tasks: each task may appear once, got {names}")
+        weighted = [t.task for t in self.tasks if t.weight is not None]
+        if weighted and len(weighted) != len(self.tasks):
+            raise ValueError(f"tasks: weight is set on {weighted} but not on {[n for n in names if n not in weighted]}; set it on every task or none")
         return self
+
+    @property
+    def prompt_weights(self) -> dict[str, float] | None:
+        """Task -> weight in the RL prompt stream, or None (prompts shuffled together)."""
+        if self.tasks[0].weight is None:
+            return None
+        return {t.task: t.weight for t in self.tasks if t.weight is not None}
 
     @property
     def run_dir(self) -> Path:

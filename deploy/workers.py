@@ -100,7 +100,7 @@ class ActorWorker(_Worker):
                 regexes = {t.task: answer_regex(get_task(t.task, t.overrides).answer, max_reasoning_chars=limit) for t in cfg.tasks}
                 constraint = lambda p: regexes[p.task]  # noqa: E731
             actor = Actor(engine, RedisStreamTransport(client, cfg.transport), Coordinator(client, cfg.run), cfg.run,
-                          book.epochs(cfg.seed * 1000 + int(self.name)), lambda p: build_prompt_ids(tok, p.messages, p.prefill),
+                          book.epochs(cfg.seed * 1000 + int(self.name), cfg.prompt_weights), lambda p: build_prompt_ids(tok, p.messages, p.prefill),
                           cfg.sampling, ActorConfig(groups_per_batch=cfg.actors.groups_per_batch, max_in_flight_groups=cfg.max_in_flight_groups),
                           constraint=constraint, tracer=get_tracer(), on_published=self._log_produced,
                           owner=f"actor-{self.name}")
