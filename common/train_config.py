@@ -135,9 +135,7 @@ class TrainConfig(StrictModel):
     @property
     def prompt_weights(self) -> dict[str, float] | None:
         """Task -> weight in the RL prompt stream, or None (prompts shuffled together)."""
-        if self.tasks[0].weight is None:
-            return None
-        return {t.task: t.weight for t in self.tasks if t.weight is not None}
+        return {t.task: t.weight for t in self.tasks if t.weight is not None} or None
 
     @property
     def run_dir(self) -> Path:

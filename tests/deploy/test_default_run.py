@@ -47,22 +47,23 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
     learning = json.loads((run / "learning.json").read_text())
     warm = json.loads((run / "warmup" / "warmup.json").read_text())
     final = json.loads((run / "summary.json").read_text())["learner"]["policy_version"]
+    rl_policy = run / "weights" / f"v{final:06d}"
     scifact = tmp_path / "scifact.json"
     assert main(["eval", "--dataset", "scifact", "--max-queries", "100", "--data-root", str(data_root), "--home", str(index_root.parent),
                  "--rewriter", f"untrained={policy_dir}", "--rewriter", f"warmup={run / 'warmup' / 'policy'}",
-                 "--rewriter", f"rl={run / 'weights' / f'v{final:06d}'}", "--json", str(scifact),
+                 "--rewriter", f"rl={rl_policy}", "--json", str(scifact),
                  "--rewrites-out", str(run / "scifact-rewrites.jsonl"), *compose_args]) == 0
     sci = json.loads(scifact.read_text())["metrics"]
     # The RL policy as the endpoint serves it: decoded under the answer grammar, reasoning capped as in
     # the warm-up, the query bounded, so no answer breaks the format (reported, not a target).
     served: dict[str, dict[str, float]] = {}
     for dataset in ("nfcorpus", "scifact"):
-        out = tmp_path / f"served-{dataset}.json"
+        served_json = tmp_path / f"served-{dataset}.json"
         assert main(["eval", "--dataset", dataset, "--max-queries", "100", "--data-root", str(data_root), "--home", str(index_root.parent),
-                     "--rewriter", f"rl={run / 'weights' / f'v{final:06d}'}", "--constrained",
+                     "--rewriter", f"rl={rl_policy}", "--constrained",
                      "--max-reasoning-chars", str(cfg.warmup.max_reasoning_chars), "--max-rewrite-chars", str(SERVED_REWRITE_CHARS),
-                     "--json", str(out), *compose_args]) == 0
-        report = json.loads(out.read_text())
+                     "--json", str(served_json), *compose_args]) == 0
+        report = json.loads(served_json.read_text())
         served[dataset] = {"original": report["metrics"]["original"]["ndcg@10"], "rl_served": report["metrics"]["rl"]["ndcg@10"],
                            "broken_share": report["format_broken_share"]}
     tables = {"cpu": describe_cpu(), "train_seconds": train_s, "scifact_query_composition": compose.model_dump(), "warmup": warm, "trained_tasks": learning,
