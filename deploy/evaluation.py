@@ -5,20 +5,26 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deepretrieval.common.engine_config import HFEngineConfig, VLLMEngineConfig
 from deepretrieval.common.query_composition import QueryComposition
+
+if TYPE_CHECKING:
+    from deepretrieval.actors.base import GenerationEngine
 
 
 def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str], *, engine: str = "vllm",
                         temperature: float | None = None, max_new_tokens: int | None = None,
                         rewrites_out: Path | None = None, composition: QueryComposition | None = None,
-                        constraint: str | None = None) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
+                        constraint: str | None = None, loaded: tuple[GenerationEngine, object] | None = None,
+                        ) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
     """Rewrite every query once with the policy in `model_dir`; return the queries to search.
 
     `composition` (default: the task's own `query`) turns each rewrite into the search query: the
     rewrite alone, or the request expanded by it. `constraint` (a grammar regex,
-    `serving_constraint`) decodes as the serving endpoint does; None decodes freely.
+    `serving_constraint`) decodes as the serving endpoint does; None decodes freely. `loaded`: an
+    engine and tokenizer already holding this policy (the caller closes the engine); None starts one.
 
     Returns:
         (strict search queries: "" where the format broke, search queries with the original query
@@ -31,14 +37,15 @@ def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str]
     from deepretrieval.common.tasks import get_task
 
     task = get_task(task_name)
-    gen = make_engine(model_dir, VLLMEngineConfig() if engine == "vllm" else HFEngineConfig())
+    gen, tokenizer = loaded or (make_engine(model_dir, VLLMEngineConfig() if engine == "vllm" else HFEngineConfig()), None)
     t0 = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model_dir))
         rewrites = rewrite_requests(gen, tokenizer, task, queries, temperature=temperature, max_new_tokens=max_new_tokens,
                                     constraint=constraint)
     finally:
-        gen.close()
+        if loaded is None:
+            gen.close()
     seconds = time.perf_counter() - t0
     if rewrites_out:
         rewrites_out.parent.mkdir(parents=True, exist_ok=True)

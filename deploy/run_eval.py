@@ -21,10 +21,37 @@ log = logging.getLogger(__name__)
 def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, dict]:
     """Rewrite each task's held-out requests with the policy in `model_dir` and score them.
 
+    One engine holds the policy for every task (an engine start is 20-30 s on CPU, as long as a
+    task's rewrites), started at the first task that needs it.
+
     Returns:
         task -> {"metrics": {"original": {...}, "rewritten": {...}, "rewritten+fallback": {...}},
         "format_broken_share": ..., "queries": n} (or {"skipped": reason}).
     """
+    from transformers import AutoTokenizer
+
+    from deepretrieval.actors.engines import make_engine
+    from deepretrieval.common.engine_config import on_cores
+
+    loaded: list = []
+
+    def policy() -> tuple:
+        if not loaded:
+            loaded.extend((make_engine(model_dir, on_cores(cfg.actors.engine, "all"), cfg.model.dtype),
+                           AutoTokenizer.from_pretrained(str(model_dir))))
+        return loaded[0], loaded[1]
+
+    try:
+        out = _evaluate_tasks(cfg, model_dir, label, policy)
+    finally:
+        if loaded:
+            loaded[0].close()
+    (cfg.run_dir / f"eval-{label}.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _evaluate_tasks(cfg: TrainConfig, model_dir: Path, label: str, policy) -> dict[str, dict]:
+    """`evaluate_policy`'s tasks, each rewritten by the engine `policy()` returns."""
     from deepretrieval.deploy.evaluation import rewrite_with_policy
     from deepretrieval.deploy.rollout_scoring import task_specs
     from deepretrieval.rewarders.retrieval import evaluate_query_sets, open_retriever
@@ -35,7 +62,7 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
         if t.eval_split is None:
             continue
         if t.backend.type in ("pubmed", "ctgov"):
-            out[t.task] = evaluate_api_task(cfg, t, model_dir)
+            out[t.task] = evaluate_api_task(cfg, t, model_dir, policy())
             log.info("%s eval (%s): recall@%d original %.4f, rewritten %.4f", label, t.task, out[t.task]["k"],
                      out[t.task]["metrics"]["original"]["recall"], out[t.task]["metrics"]["rewritten"]["recall"])
             continue
@@ -47,7 +74,8 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
         keep = sorted(queries)[: t.eval_max_queries] if t.eval_max_queries else sorted(queries)
         queries, qrels = {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}
         strict, fallback, stats = rewrite_with_policy(model_dir, t.task, queries, engine=cfg.actors.engine.type,
-                                                      max_new_tokens=cfg.sampling.max_new_tokens, composition=specs[t.task].query)
+                                                      max_new_tokens=cfg.sampling.max_new_tokens, composition=specs[t.task].query,
+                                                      loaded=policy())
         backend = BeirDataset.open(t.backend.dataset, cfg.paths.data_root)
         retriever = open_retriever(backend, cfg.paths.index_dir, t.backend.type,
                                    bm25=getattr(t.backend, "bm25", None), dense=getattr(t.backend, "dense", None))
@@ -57,23 +85,19 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
                        "split": t.eval_split, "policy": str(model_dir)}
         log.info("%s eval (%s): nDCG@10 original %.4f, rewritten %.4f, format broken %.0f%%", label, t.task,
                  means["original"]["ndcg@10"], means["rewritten"]["ndcg@10"], 100 * stats["format_broken_share"])
-    (cfg.run_dir / f"eval-{label}.json").write_text(json.dumps(out, indent=2))
     return out
 
 
-def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path) -> dict:
+def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path, loaded: tuple) -> dict:
     """Mean recall@k of a search-API task's held-out requests: sent as is vs rewritten by the policy (greedy).
 
     Both are scored by the run's rewarder (same client, limiter, retries, cache) from the prepared
     eval-split prompts; a rewrite that breaks the format counts as recall 0, and a request the
-    service could not answer is left out of both means (counted in "unavailable").
+    service could not answer is left out of both means (counted in "unavailable"). `loaded`: the
+    engine and tokenizer holding the policy in `model_dir`.
     """
     import asyncio
 
-    from transformers import AutoTokenizer
-
-    from deepretrieval.actors.engines import make_engine
-    from deepretrieval.common.engine_config import on_cores
     from deepretrieval.common.prompt_book import PromptBook
     from deepretrieval.common.sampling import SamplingConfig
     from deepretrieval.deploy.rollout_scoring import original_rollouts, sample_rollouts, score_rollouts, task_specs
@@ -81,13 +105,9 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path) -> dict:
     spec = task_specs(cfg)[t.task]
     prompts = sorted(PromptBook.from_files([cfg.run_dir / "prompts" / t.task / f"{t.eval_split}.jsonl"]), key=lambda p: p.uid)
     prompts = prompts[: t.eval_max_queries] if t.eval_max_queries else prompts
-    engine = make_engine(model_dir, on_cores(cfg.actors.engine, "all"), cfg.model.dtype)  # like the BEIR path's engine
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        params = SamplingConfig(n=1, temperature=spec.eval_temperature, max_new_tokens=cfg.sampling.max_new_tokens, stop=spec.answer.stop)
-        rewritten = sample_rollouts(engine, tokenizer, prompts, params)
-    finally:
-        engine.close()
+    engine, tokenizer = loaded
+    params = SamplingConfig(n=1, temperature=spec.eval_temperature, max_new_tokens=cfg.sampling.max_new_tokens, stop=spec.answer.stop)
+    rewritten = sample_rollouts(engine, tokenizer, prompts, params)
     originals = original_rollouts(prompts, tokenizer, cfg)
     scored = asyncio.run(score_rollouts(cfg, originals + rewritten, "eval_split"))
     pairs = list(zip(scored[:len(prompts)], scored[len(prompts):]))
