@@ -66,17 +66,21 @@ def split_prompts(prompts: Sequence[Prompt], n_heldout: int, seed: int) -> tuple
     return order[n_heldout:], order[:n_heldout]
 
 
-def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, samples: int = 1) -> float:
+def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, samples: int = 1) -> tuple[float, dict[str, int]]:
     """Share of free-sampled completions (task temperature, no grammar) that carry a query: `samples` per held-out prompt.
 
     A completion counts when it parses and its query has something to search (`parse_rewrite`,
     as evaluation and serving read it): a well-formed `{"query": "..."}` does not.
+
+    Returns:
+        (the share, how many completions failed with each error: "truncated", "missing_tag", ...).
     """
     specs = task_specs(cfg)
     rollouts = sample_rollouts(engine, tokenizer, prompts, cfg.sampling.model_copy(update={"n": samples}), batch_prompts=cfg.warmup.batch_prompts)
     by_uid = {p.uid: p for p in prompts}
-    ok = sum(parse_rewrite(r.completion, specs[by_uid[r.prompt_uid].task]).query is not None for r in rollouts)
-    return ok / max(1, len(rollouts))
+    rewrites = [parse_rewrite(r.completion, specs[by_uid[r.prompt_uid].task]) for r in rollouts]
+    errors = Counter(rw.error for rw in rewrites if rw.query is None)
+    return sum(rw.query is not None for rw in rewrites) / max(1, len(rollouts)), dict(errors.most_common())
 
 
 def _constrained_rollouts(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, wcfg: WarmupConfig) -> list[Rollout]:
@@ -226,7 +230,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
 
     Returns:
         the report, also written to runs/<run>/warmup/warmup.json: format_ok_before,
-        format_ok_after, kept, candidates, prompts, sft_steps, seconds (and per-stage seconds).
+        format_ok_after (and format_errors_before/_after: failed completions per error), kept, candidates, prompts, sft_steps, seconds (and per-stage seconds).
     """
     from transformers import AutoTokenizer
 
@@ -249,7 +253,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     try:
         mark = time.perf_counter()
-        before = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
+        before, before_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
         stages["format_before_s"] = time.perf_counter() - mark
         log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
 
@@ -273,12 +277,13 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
 
         mark = time.perf_counter()
         engine.load_weights(out_dir, 1)
-        after = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
+        after, after_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
         stages["format_after_s"] = time.perf_counter() - mark
     finally:
         engine.close()
     constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
-    report = {"format_ok_before": before, "format_ok_after": after, "kept": len(kept),
+    report = {"format_ok_before": before, "format_ok_after": after,
+              "format_errors_before": before_errors, "format_errors_after": after_errors, "kept": len(kept),
               "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
               "kept_forced_close": sum(c.forced_close for c in kept), "kept_neutral": sum(c.neutral for c in kept), "kept_trimmed": len(trimmed), "prompts": len(train), "rounds": draw.rounds,
               "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
@@ -288,5 +293,6 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
               **sft, "seconds": time.perf_counter() - t0, "stages_s": stages, "policy": str(out_dir),
               "base_model": str(model_dir), "cpu": describe_cpu(), "config": wcfg.model_dump()}
     (out_dir.parent / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))
-    log.info("warm-up: format ok %.3f -> %.3f, %d kept, %.0f s", before, after, len(kept), report["seconds"])
+    log.info("warm-up: format ok %.3f -> %.3f (failures after: %s), %d kept, %.0f s", before, after, after_errors or "none",
+             len(kept), report["seconds"])
     return report

@@ -73,5 +73,10 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
     assert report["sft_steps"] == 8 * -(-report["kept"] // 4)
     assert report["sft_loss_last"] < report["sft_loss_first"]
     assert report["format_ok_after"] > report["format_ok_before"]
+    # Every failed draw is counted under its error: 8 held-out prompts, one draw each (format_samples 1).
+    for stage in ("before", "after"):
+        errors = report[f"format_errors_{stage}"]
+        assert sum(errors.values()) == round(8 * (1 - report[f"format_ok_{stage}"]))
+        assert all(isinstance(kind, str) and kind and n > 0 for kind, n in errors.items())
     policy = tmp_path / "runs" / "warm" / "warmup" / "policy"
     assert (policy / "model.safetensors").is_file() and (policy / "tokenizer.json").is_file()
