@@ -8,6 +8,7 @@ counting as recall 0 (TASKS.md §5); sql is skipped with a note.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -33,19 +34,15 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
     from deepretrieval.actors.engines import make_engine
     from deepretrieval.common.engine_config import on_cores
 
-    loaded: list = []
-
+    @functools.cache
     def policy() -> tuple:
-        if not loaded:
-            loaded.extend((make_engine(model_dir, on_cores(cfg.actors.engine, "all"), cfg.model.dtype),
-                           AutoTokenizer.from_pretrained(str(model_dir))))
-        return loaded[0], loaded[1]
+        return make_engine(model_dir, on_cores(cfg.actors.engine, "all"), cfg.model.dtype), AutoTokenizer.from_pretrained(str(model_dir))
 
     try:
         out = _evaluate_tasks(cfg, model_dir, label, policy)
     finally:
-        if loaded:
-            loaded[0].close()
+        if policy.cache_info().currsize:  # started: some task needed it
+            policy()[0].close()
     (cfg.run_dir / f"eval-{label}.json").write_text(json.dumps(out, indent=2))
     return out
 

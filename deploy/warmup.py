@@ -230,7 +230,8 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
 
     Returns:
         the report, also written to runs/<run>/warmup/warmup.json: format_ok_before,
-        format_ok_after (and format_errors_before/_after: failed completions per error), kept, candidates, prompts, sft_steps, seconds (and per-stage seconds).
+        format_ok_after (and format_errors_before/_after: failed completions per error), kept,
+        candidates, prompts, sft_steps, seconds (and per-stage seconds).
     """
     from transformers import AutoTokenizer
 
