@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from deepretrieval.common.config import StrictModel
 
@@ -34,3 +34,12 @@ class WarmupConfig(StrictModel):
     prose_reasoning: bool = Field(False, description="The constrained sampler's reasoning holds no JSON brackets or double quotes (prose only): a kept reasoning that holds an answer-like object or a list of quoted strings teaches free sampling to answer inside the reasoning, or to loop.")
     cpu_threads_bind: str = Field("all", description="CPU only: cores the warm-up's vLLM engine binds to. The warm-up runs alone, before any actor or learner starts, so by default every core; RL's actors keep `actors.engine.cpu_threads_bind`.")
     seed: int = Field(0, description="Seed of the prompt shuffle and the SFT batch order.")
+    select_epochs: list[int] = Field(default_factory=list, description="SFT epochs after which the policy's free-sampling format-ok is measured on `select_prompts` further held-out prompts (never those behind format_ok_after); the best-scoring epoch's policy is exported (the later one on a tie). Empty: the last epoch's policy, unmeasured until format_ok_after. The last listed epoch must be `epochs`.")
+    select_prompts: int = Field(32, ge=1, le=10_000, description="Train prompts kept out of fine-tuning and out of format_ok_after, on which `select_epochs` are compared (`format_samples` draws each).")
+
+    @model_validator(mode="after")
+    def _select_epochs_end_the_run(self) -> "WarmupConfig":
+        chosen = self.select_epochs
+        if chosen and (sorted(set(chosen)) != chosen or chosen[0] < 1 or chosen[-1] != self.epochs):
+            raise ValueError(f"warmup.select_epochs {chosen} must be increasing epochs from 1 whose last is warmup.epochs ({self.epochs})")
+        return self

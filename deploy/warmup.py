@@ -17,7 +17,8 @@ reward would be the format penalty and GRPO would get no gradient. The warm-up f
    grammar cut at its length cap; with `trim_cut_reasoning`, a kept reasoning the grammar cut is
    closed after its last complete sentence);
 6. fine-tune on them with the learner's Trainer (`sft_step`: cross-entropy on completion tokens,
-   tags included) and export the policy as a Hugging Face folder;
+   tags included) and export the policy as a Hugging Face folder (with `select_epochs`, the epoch
+   whose free-sampling format-ok is best on `select_prompts` further held-out prompts);
 7. load it into the engine and free-sample the held-out prompts again: `format_ok_after`.
 
 It lives in deploy/, the composition root, because it drives all three of actors/, rewarders/ and
@@ -30,10 +31,12 @@ import asyncio
 import json
 import logging
 import random
+import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from deepretrieval.actors.rewrite import parse_rewrite
 from deepretrieval.common.answer_format import parse_answer
@@ -59,11 +62,16 @@ def warm_policy_ready(cfg: TrainConfig) -> bool:
     return (d / "config.json").is_file() and (d.parent / REPORT_NAME).is_file()
 
 
-def split_prompts(prompts: Sequence[Prompt], n_heldout: int, seed: int) -> tuple[list[Prompt], list[Prompt]]:
-    """The fine-tuning pool (in draw order) and the held-out prompts, from a seeded shuffle (held-out drawn first)."""
+def split_prompts(prompts: Sequence[Prompt], n_heldout: int, seed: int, n_select: int = 0) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
+    """The fine-tuning pool (in draw order), the held-out prompts and the epoch-selection prompts.
+
+    A seeded shuffle: the held-out prompts come first and the selection prompts last, so adding
+    epoch selection (`n_select` > 0) leaves the held-out set and the pool's draw order as they were.
+    """
     order = list(prompts)
     random.Random(seed).shuffle(order)
-    return order[n_heldout:], order[:n_heldout]
+    end = len(order) - n_select
+    return order[n_heldout:end], order[:n_heldout], order[end:]
 
 
 def format_ok_share(engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, samples: int = 1) -> tuple[float, dict[str, int]]:
@@ -203,8 +211,12 @@ def trim_kept(kept: Sequence, scored: Sequence, task_of: dict[str, str], cfg: Tr
     return out, trimmed
 
 
-def _fine_tune(model_dir: Path, kept: list, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path) -> dict:
-    """SFT on the kept completions (task_of: prompt uid -> task) with the learner's Trainer; exports to `out_dir`."""
+def _fine_tune(model_dir: Path, kept: list, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path,
+               after_epoch: Callable[[int, Any], None] | None = None) -> dict:
+    """SFT on the kept completions (task_of: prompt uid -> task) with the learner's Trainer; exports to `out_dir`.
+
+    `after_epoch(epoch, trainer)` runs after each epoch (1-based); with it, the caller exports.
+    """
     from deepretrieval.learner.sft import epoch_order, sft_samples
     from deepretrieval.learner.trainer import Trainer
 
@@ -215,14 +227,52 @@ def _fine_tune(model_dir: Path, kept: list, task_of: dict[str, str], cfg: TrainC
     groups = [task_of[c.prompt_uid] for c in kept]
     rng = random.Random(wcfg.seed)
     losses: list[float] = []
-    for _ in range(wcfg.epochs):
-        epoch = [samples[i] for i in epoch_order(groups, rng, balance=wcfg.balance_tasks)]
-        for start in range(0, len(epoch), wcfg.batch_seqs):
-            m = trainer.sft_step(epoch[start:start + wcfg.batch_seqs])
+    for epoch in range(1, wcfg.epochs + 1):
+        order = [samples[i] for i in epoch_order(groups, rng, balance=wcfg.balance_tasks)]
+        for start in range(0, len(order), wcfg.batch_seqs):
+            m = trainer.sft_step(order[start:start + wcfg.batch_seqs])
             losses.append(m["loss"])
             log.info("warm-up SFT step %d: nll %.4f", trainer.step, m["loss"])
-    trainer.export_safetensors(out_dir)
+        if after_epoch is not None:
+            after_epoch(epoch, trainer)
+    if after_epoch is None:
+        trainer.export_safetensors(out_dir)
     return {"sft_steps": trainer.step, "sft_loss_first": losses[0] if losses else None, "sft_loss_last": losses[-1] if losses else None}
+
+
+class EpochSelection:
+    """`warmup.select_epochs`: after each listed SFT epoch, export the policy, load it into the engine
+    and measure its free-sampling format-ok on the selection prompts; the best export ends in `out_dir`
+    (a later epoch wins a tie). One export is kept on disk besides the best, so at most two."""
+
+    def __init__(self, engine, tokenizer, prompts: Sequence[Prompt], cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path):
+        self.engine, self.tokenizer, self.prompts, self.cfg, self.wcfg, self.out_dir = engine, tokenizer, prompts, cfg, wcfg, out_dir
+        self.by_epoch: dict[int, float] = {}
+        self.errors_by_epoch: dict[int, dict[str, int]] = {}
+        self.best: int | None = None
+        self.seconds = 0.0
+
+    def __call__(self, epoch: int, trainer) -> None:
+        if epoch not in self.wcfg.select_epochs:
+            return
+        mark = time.perf_counter()
+        candidate = self.out_dir.with_name(f"{self.out_dir.name}.epoch-{epoch}")
+        trainer.export_safetensors(candidate)
+        self.engine.load_weights(candidate, epoch)
+        share, errors = format_ok_share(self.engine, self.tokenizer, self.prompts, self.cfg, self.wcfg.format_samples)
+        self.by_epoch[epoch], self.errors_by_epoch[epoch] = share, errors
+        log.info("warm-up: epoch %d free-sampling format ok %.3f on %d selection prompts (failures: %s)", epoch, share,
+                 len(self.prompts), errors or "none")
+        if self.best is None or share >= self.by_epoch[self.best]:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+            candidate.rename(self.out_dir)
+            self.best = epoch
+        else:
+            shutil.rmtree(candidate)
+        self.seconds += time.perf_counter() - mark
+
+    def report(self) -> dict:
+        return {"selected_epoch": self.best, "format_ok_by_epoch": self.by_epoch, "format_errors_by_epoch": self.errors_by_epoch}
 
 
 def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
@@ -248,7 +298,8 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     stages: dict[str, float] = {}
     model_dir = Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir))
     out_dir = warm_policy_dir(cfg)
-    pool, held = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.heldout_prompts, wcfg.seed)
+    pool, held, select = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.heldout_prompts, wcfg.seed,
+                                       wcfg.select_prompts if wcfg.select_epochs else 0)
     draw = PromptDraw(pool, budget=wcfg.prompts, min_kept_per_task=wcfg.min_kept_per_task, batch=wcfg.batch_prompts)
     engine = make_engine(model_dir, on_cores(cfg.actors.engine, wcfg.cpu_threads_bind), cfg.model.dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -268,16 +319,18 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         log.info("warm-up: kept %d of %d prompts (%d candidates, %d trimmed)", len(kept), len(train), len(candidates), len(trimmed))
 
         mark = time.perf_counter()
-        sft = _fine_tune(model_dir, kept, task_of, cfg, wcfg, out_dir) if kept else {"sft_steps": 0}
+        selection = EpochSelection(engine, tokenizer, select, cfg, wcfg, out_dir) if wcfg.select_epochs else None
+        sft = _fine_tune(model_dir, kept, task_of, cfg, wcfg, out_dir, selection) if kept else {"sft_steps": 0}
         if not kept:
             log.warning("warm-up: no completion beat its original request; the policy is exported unchanged")
-            import shutil
-
             shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
-        stages["sft_s"] = time.perf_counter() - mark
+        elif selection is not None:
+            sft.update(selection.report())
+            stages["select_s"] = selection.seconds
+        stages["sft_s"] = time.perf_counter() - mark - stages.get("select_s", 0.0)
 
         mark = time.perf_counter()
-        engine.load_weights(out_dir, 1)
+        engine.load_weights(out_dir, wcfg.epochs + 1)
         after, after_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
         stages["format_after_s"] = time.perf_counter() - mark
     finally:
@@ -287,7 +340,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
               "format_errors_before": before_errors, "format_errors_after": after_errors, "kept": len(kept),
               "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
               "kept_forced_close": sum(c.forced_close for c in kept), "kept_neutral": sum(c.neutral for c in kept), "kept_trimmed": len(trimmed), "prompts": len(train), "rounds": draw.rounds,
-              "heldout_prompts": len(held), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
+              "heldout_prompts": len(held), "select_prompts": len(select), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),
               "per_task": per_task, "unavailable": unavailable,

@@ -77,3 +77,12 @@ def test_override_indexes_into_lists():
     assert out == {"tasks": [{"k": 1, "new": "x"}, {"k": 5}]}
     with pytest.raises(ConfigError, match="'7' is not an index of a list of 2"):
         apply_overrides({"tasks": [{}, {}]}, ["tasks.7.k=1"])
+
+
+@pytest.mark.parametrize("chosen", ["[8, 4, 10]", "[4, 4, 10]", "[0, 10]", "[4, 8]"])
+def test_warmup_select_epochs_must_rise_to_the_last_epoch(chosen: str):
+    from deepretrieval.common.warmup_config import WarmupConfig
+
+    with pytest.raises(ConfigError, match=r"select_epochs .* must be increasing epochs from 1 whose last is warmup.epochs \(10\)"):
+        load_config(WarmupConfig, None, ["epochs=10", f"select_epochs={chosen}"])
+    assert load_config(WarmupConfig, None, ["epochs=10", "select_epochs=[6, 8, 10]"]).select_epochs == [6, 8, 10]

@@ -52,3 +52,15 @@ def test_a_task_that_runs_out_of_prompts_stops_drawing_and_the_others_go_on():
     assert sorted(p.uid for p in draw.next_round()) == ["a0", "a1", "a2", "b0", "b1", "b2", "b3"]
     draw.record({"a": 1, "b": 1})
     assert {p.task for p in draw.next_round()} == {"b"}
+
+
+def test_split_sets_held_out_and_selection_prompts_apart_and_leaves_the_plain_split_unchanged():
+    from deepretrieval.deploy.warmup import split_prompts
+
+    prompts = pool(a=20, b=20)
+    plain_pool, plain_held, none = split_prompts(prompts, 6, seed=3)
+    assert none == [] and len(plain_held) == 6 and len(plain_pool) == 34
+    train, held, select = split_prompts(prompts, 6, seed=3, n_select=4)
+    assert held == plain_held and select == plain_pool[-4:] and train == plain_pool[:-4]
+    uids = [p.uid for p in train + held + select]
+    assert sorted(uids) == sorted(p.uid for p in prompts)
