@@ -305,7 +305,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     try:
         mark = time.perf_counter()
-        before, before_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
+        before, before_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples_before or wcfg.format_samples)
         stages["format_before_s"] = time.perf_counter() - mark
         log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
 

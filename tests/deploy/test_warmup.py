@@ -32,7 +32,7 @@ actors: {{engine: {{type: hf}}}}
 transport: {{backlog_bound: 4096}}
 warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prompt: 4, heldout_prompts: 8,
           max_reasoning_chars: 24, prose_reasoning: true, keep_ties: true, trim_cut_reasoning: true, epochs: 8, batch_seqs: 4, lr: 1.0e-4,
-          select_epochs: [4, 8], select_prompts: 4}}
+          select_epochs: [4, 8], select_prompts: 4, format_samples: 2, format_samples_before: 1}}
 """)
     out = tmp_path / "warmup.json"
     assert main(["warmup", "--config", str(config), "--json", str(out)]) == 0
@@ -74,16 +74,17 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
     assert report["sft_steps"] == 8 * -(-report["kept"] // 4)
     assert report["sft_loss_last"] < report["sft_loss_first"]
     assert report["format_ok_after"] > report["format_ok_before"]
-    # Every failed draw is counted under its error: 8 held-out prompts, one draw each (format_samples 1).
-    for stage in ("before", "after"):
+    # Every failed draw is counted under its error: 8 held-out prompts, one draw each before
+    # (format_samples_before 1), two after (format_samples 2).
+    for stage, draws in (("before", 8), ("after", 16)):
         errors = report[f"format_errors_{stage}"]
-        assert sum(errors.values()) == round(8 * (1 - report[f"format_ok_{stage}"]))
+        assert sum(errors.values()) == round(draws * (1 - report[f"format_ok_{stage}"]))
         assert all(isinstance(kind, str) and kind and n > 0 for kind, n in errors.items())
-    # Epoch selection: epochs 4 and 8 measured on 4 further held-out prompts; the better one (the later on a
+    # Epoch selection: epochs 4 and 8 measured on 4 further held-out prompts, 2 draws each; the better one (the later on a
     # tie) is the export, and no other epoch's export is left on disk.
     assert report["select_prompts"] == 4
     by_epoch = {int(e): share for e, share in report["format_ok_by_epoch"].items()}
-    assert sorted(by_epoch) == [4, 8] and all(share * 4 == round(share * 4) for share in by_epoch.values())
+    assert sorted(by_epoch) == [4, 8] and all(share * 8 == round(share * 8) for share in by_epoch.values())
     assert report["selected_epoch"] == (4 if by_epoch[4] > by_epoch[8] else 8)
     assert set(report["format_errors_by_epoch"]) == {"4", "8"} and report["stages_s"]["select_s"] > 0
     policy = tmp_path / "runs" / "warm" / "warmup" / "policy"
