@@ -15,7 +15,8 @@ reward would be the format penalty and GRPO would get no gradient. The warm-up f
    `keep_ties`, also one exactly as good as a request that already works as a query; with
    `prefer_natural_close`, "best" puts reasoning the model closed itself before reasoning the
    grammar cut at its length cap; with `trim_cut_reasoning`, a kept reasoning the grammar cut is
-   closed after its last complete sentence);
+   closed after its last complete sentence; with `canonical_answer`, its answer block is written
+   in the canonical layout);
 6. fine-tune on them with the learner's Trainer (`sft_step`: cross-entropy on completion tokens,
    tags included) and export the policy as a Hugging Face folder (with `select_epochs`, the epoch
    whose free-sampling format-ok is best on `select_prompts` further held-out prompts);
@@ -107,9 +108,9 @@ def closed_at_cap(completion: str, fmt, max_reasoning_chars: int) -> bool:
 
 
 def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence, scored: Sequence, baseline: dict[str, float],
-                     kept: Sequence, trimmed: dict[str, str] | None = None) -> dict:
+                     kept: Sequence, trimmed: dict[str, str] | None = None, targets: dict[str, str] | None = None) -> dict:
     """Every scored constrained completion as a JSON line (task, request, completion, reward, original's reward, forced close,
-    kept, and the trimmed text fine-tuned on instead, if any).
+    kept, its trimmed text if any, and the text fine-tuned on instead of the completion, if any).
 
     Returns:
         per task: prompts, candidates, format-valid candidates, prompts kept.
@@ -130,7 +131,7 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
             f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": s.rollout.completion,
                                 "status": s.status, "reward": s.reward, "original_reward": baseline.get(p.uid),
                                 "forced_close": c.forced_close, "neutral": c.neutral, "kept": s.rollout.uid in kept_uids,
-                                "trimmed": (trimmed or {}).get(s.rollout.uid)}) + "\n")
+                                "trimmed": (trimmed or {}).get(s.rollout.uid), "sft_text": (targets or {}).get(s.rollout.uid)}) + "\n")
     return per_task
 
 
@@ -180,35 +181,45 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
     return candidates, scored, baseline, kept, unavailable
 
 
-def trim_kept(kept: Sequence, scored: Sequence, task_of: dict[str, str], cfg: TrainConfig, tokenizer) -> tuple[list, dict[str, str]]:
-    """Kept completions cut at the reasoning cap, closed after their last complete sentence (learner/sft.py).
+def rewrite_kept(kept: Sequence, scored: Sequence, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig,
+                 tokenizer) -> tuple[list, dict[str, str], dict[str, str]]:
+    """Kept completions as fine-tuned on (learner/sft.py): with `trim_cut_reasoning`, a reasoning the
+    grammar cut at its cap is closed after its last complete sentence; with `canonical_answer`, the
+    answer block is written in the canonical layout. The answer's value, so the reward, never changes.
 
-    The trimmed text is re-tokenised; the special tokens that ended the sampled response (EOS)
+    A rewritten text is re-tokenised; the special tokens that ended the sampled response (EOS)
     still end it, so SFT still teaches the model to stop.
 
     Returns:
-        (the kept candidates, trimmed ones replaced; kept uid -> trimmed completion).
+        (the kept candidates, rewritten ones re-tokenised; kept uid -> trimmed completion;
+        kept uid -> the text fine-tuned on, for every rewritten one).
     """
     from dataclasses import replace
 
-    from deepretrieval.learner.sft import trim_cut_reasoning
+    from deepretrieval.learner.sft import canonical_answer, trim_cut_reasoning
 
     specs = task_specs(cfg)
     completion = {s.rollout.uid: s.rollout.completion for s in scored}
     special = set(tokenizer.all_special_ids)
-    out, trimmed = [], {}
+    out, trimmed, targets = [], {}, {}
     for c in kept:
-        text = trim_cut_reasoning(completion[c.uid], specs[task_of[c.prompt_uid]].answer) if c.forced_close else None
-        if text is None:
+        fmt = specs[task_of[c.prompt_uid]].answer
+        text = completion[c.uid]
+        cut = trim_cut_reasoning(text, fmt) if wcfg.trim_cut_reasoning and c.forced_close else None
+        if cut is not None:
+            trimmed[c.uid] = text = cut
+        if wcfg.canonical_answer:
+            text = canonical_answer(text, fmt) or text
+        if text == completion[c.uid]:
             out.append(c)
             continue
         end = len(c.response_ids)
         while end and c.response_ids[end - 1] in special:
             end -= 1
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + list(c.response_ids[end:])
-        out.append(replace(c, response_ids=ids))  # still marked forced_close: the sample was cut
-        trimmed[c.uid] = text
-    return out, trimmed
+        out.append(replace(c, response_ids=ids))  # still marked forced_close when the sample was cut
+        targets[c.uid] = text
+    return out, trimmed, targets
 
 
 def _fine_tune(model_dir: Path, kept: list, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig, out_dir: Path,
@@ -312,11 +323,10 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         candidates, scored, baseline, kept, unavailable = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, stages)
         train = draw.drawn
         task_of = {p.uid: p.task for p in train}
-        trimmed: dict[str, str] = {}
-        if wcfg.trim_cut_reasoning:
-            kept, trimmed = trim_kept(kept, scored, task_of, cfg, tokenizer)
-        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, scored, baseline, kept, trimmed)
-        log.info("warm-up: kept %d of %d prompts (%d candidates, %d trimmed)", len(kept), len(train), len(candidates), len(trimmed))
+        kept, trimmed, targets = rewrite_kept(kept, scored, task_of, cfg, wcfg, tokenizer)
+        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, scored, baseline, kept, trimmed, targets)
+        log.info("warm-up: kept %d of %d prompts (%d candidates, %d trimmed, %d rewritten)", len(kept), len(train), len(candidates),
+                 len(trimmed), len(targets))
 
         mark = time.perf_counter()
         selection = EpochSelection(engine, tokenizer, select, cfg, wcfg, out_dir) if wcfg.select_epochs else None
@@ -339,7 +349,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     report = {"format_ok_before": before, "format_ok_after": after,
               "format_errors_before": before_errors, "format_errors_after": after_errors, "kept": len(kept),
               "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
-              "kept_forced_close": sum(c.forced_close for c in kept), "kept_neutral": sum(c.neutral for c in kept), "kept_trimmed": len(trimmed), "prompts": len(train), "rounds": draw.rounds,
+              "kept_forced_close": sum(c.forced_close for c in kept), "kept_neutral": sum(c.neutral for c in kept), "kept_trimmed": len(trimmed), "kept_rewritten": len(targets), "prompts": len(train), "rounds": draw.rounds,
               "heldout_prompts": len(held), "select_prompts": len(select), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),

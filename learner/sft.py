@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deepretrieval.common.answer_format import AnswerFormat, parse_answer
+from deepretrieval.common.answer_format import AnswerFormat, parse_answer, render_answer
 from deepretrieval.common.answer_grammar import THINK_CLOSE
 from deepretrieval.learner.sequences import TrainSample
 
@@ -137,6 +137,35 @@ def trim_cut_reasoning(completion: str, fmt: AnswerFormat) -> str | None:
     start = close - len(parsed.reasoning)
     trimmed = completion[:start] + head + completion[close:]
     return trimmed if parse_answer(trimmed, fmt).ok else None
+
+
+def canonical_answer(completion: str, fmt: AnswerFormat) -> str | None:
+    """A format-valid completion with its answer block in the one layout `render_answer` writes.
+
+    Constrained sampling lets the answer's JSON whitespace vary (`<answer>\n\n{\n  "query" : "…"\n}`,
+    `{"query":"…"}</answer>`), and each kept completion shows the policy another layout of the
+    same answer. The canonical text keeps everything up to `</think>` as sampled (the reasoning)
+    and writes the rest as `</think>\n<answer>\n{"query": "…"}\n</answer>`: the same value, so
+    the same reward. Used for SFT targets only, whose log-probs never matter.
+
+    Args:
+        completion: the text after the prompt and prefill.
+        fmt: its task's answer format.
+
+    Returns:
+        the canonical completion, or None when the completion does not parse or is canonical already.
+    """
+    parsed = parse_answer(completion, fmt)
+    if not parsed.ok:
+        return None
+    if fmt.think == "none":
+        text = render_answer(fmt, parsed.value)
+    else:
+        head = completion[:completion.index(THINK_CLOSE)]
+        text = head + render_answer(fmt.model_copy(update={"think": "prefill"}), parsed.value)
+    if text == completion:
+        return None
+    return text if parse_answer(text, fmt).value == parsed.value else None
 
 
 def epoch_order(groups: Sequence[str], rng: random.Random, *, balance: bool = False) -> list[int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from deepretrieval.common.answer_format import AnswerFormat, parse_answer
+from deepretrieval.common.answer_format import AnswerFormat, parse_answer, render_answer
 from deepretrieval.common.answer_grammar import PROSE_EXCLUDED
 from deepretrieval.deploy.cli import main
 
@@ -31,7 +31,7 @@ sampling: {{n: 4, temperature: 0.7, max_new_tokens: 64}}
 actors: {{engine: {{type: hf}}}}
 transport: {{backlog_bound: 4096}}
 warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prompt: 4, heldout_prompts: 8,
-          max_reasoning_chars: 24, prose_reasoning: true, keep_ties: true, trim_cut_reasoning: true, epochs: 8, batch_seqs: 4, lr: 1.0e-4,
+          max_reasoning_chars: 24, prose_reasoning: true, keep_ties: true, trim_cut_reasoning: true, canonical_answer: true, epochs: 8, batch_seqs: 4, lr: 1.0e-4,
           select_epochs: [4, 8], select_prompts: 4, format_samples: 2, format_samples_before: 1}}
 """)
     out = tmp_path / "warmup.json"
@@ -66,6 +66,14 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
         assert after.ok and after.value == before.value and before.reasoning.startswith(after.reasoning.rstrip("."))
         assert after.reasoning.endswith((".", "!", "?")) or before.reasoning[len(after.reasoning):].lstrip(" \t").startswith("\n")
     assert report["kept_trimmed"] == sum(r["trimmed"] is not None for r in rows)
+    # Every kept completion is fine-tuned on with its answer block in the canonical layout: its own
+    # reasoning (trimmed or not) and query; a completion already canonical is fine-tuned on as sampled.
+    for r in kept:
+        target = r["sft_text"] or r["completion"]
+        reasoning, value = parse_answer(target, fmt).reasoning, parse_answer(r["completion"], fmt).value
+        assert target == render_answer(fmt, value, reasoning) and reasoning == parse_answer(r["trimmed"] or r["completion"], fmt).reasoning
+    assert all(r["sft_text"] is None for r in rows if not r["kept"])
+    assert report["kept_rewritten"] == sum(r["sft_text"] is not None for r in rows)
     # In rewrite mode an answer adds nothing to the search exactly when it copies the claim.
     assert all(r["neutral"] == (parse_answer(r["completion"], fmt).value == r["request"]) for r in rows if r["status"] == "ok")
     assert report["kept_neutral"] == sum(r["neutral"] for r in kept)

@@ -10,7 +10,7 @@ import torch
 from deepretrieval.common.answer_format import AnswerFormat, parse_answer
 from deepretrieval.common.learner_config import LearnerConfig
 from deepretrieval.learner.sequences import collate, token_logprobs
-from deepretrieval.learner.sft import Candidate, select_best, sft_loss, sft_samples, trim_cut_reasoning
+from deepretrieval.learner.sft import Candidate, canonical_answer, select_best, sft_loss, sft_samples, trim_cut_reasoning
 from deepretrieval.learner.trainer import Trainer
 
 
@@ -101,6 +101,32 @@ def test_trim_cut_reasoning_works_when_the_model_writes_the_think_tag_itself():
 def test_trim_cut_reasoning_leaves_what_has_nothing_to_trim(completion):
     assert trim_cut_reasoning(completion, AnswerFormat(key="query")) is None
     assert trim_cut_reasoning('<answer>{"query": "x"}</answer>', AnswerFormat(key="query", think="none")) is None
+
+
+CANONICAL = '</think>\n<answer>\n{"query": "vitamin D \\"deficiency\\" é"}\n</answer>'
+
+
+@pytest.mark.parametrize("answer", [
+    '</think>\n\n<answer>\n\n{\n  "query" : "vitamin D \\"deficiency\\" é"\n}\n</answer>',   # sampled whitespace
+    '</think><answer>{"query":"vitamin D \\"deficiency\\" \\u00e9"}</answer>',                # no whitespace, an escape
+])
+def test_canonical_answer_rewrites_the_answer_block_and_keeps_the_reasoning_and_value(answer):
+    fmt = AnswerFormat(key="query")
+    reasoning = "\n\nSearch the key terms. "
+    text = canonical_answer(reasoning + answer, fmt)
+    assert text == reasoning + CANONICAL
+    before, after = parse_answer(reasoning + answer, fmt), parse_answer(text, fmt)
+    assert after.ok and after.value == before.value == 'vitamin D "deficiency" é' and after.reasoning == before.reasoning
+
+
+def test_canonical_answer_leaves_canonical_and_broken_completions_and_knows_every_think_mode():
+    fmt = AnswerFormat(key="query")
+    assert canonical_answer("Plan." + CANONICAL, fmt) is None                      # already canonical
+    assert canonical_answer("Plan.</think><answer>{}</answer>", fmt) is None       # not format-valid
+    assert canonical_answer("\n<think>Plan.</think> <answer>{\"query\":\"x\"}</answer>", AnswerFormat(key="query", think="generate")) \
+        == '\n<think>Plan.</think>\n<answer>\n{"query": "x"}\n</answer>'
+    assert canonical_answer('<answer>{ "sql" :"SELECT 1"}</answer>', AnswerFormat(key="sql", think="none")) \
+        == '<answer>\n{"sql": "SELECT 1"}\n</answer>'
 
 
 def test_sft_loss_is_the_token_mean_nll_and_its_gradient_is_minus_one_over_tokens():
