@@ -108,7 +108,7 @@ def closed_at_cap(completion: str, fmt, max_reasoning_chars: int) -> bool:
 
 
 def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence, scored: Sequence, baseline: dict[str, float],
-                     kept: Sequence, trimmed: dict[str, str] | None = None, targets: dict[str, str] | None = None) -> dict:
+                     kept: Sequence, trimmed: dict[str, str], targets: dict[str, str]) -> dict:
     """Every scored constrained completion as a JSON line (task, request, completion, reward, original's reward, forced close,
     kept, its trimmed text if any, and the text fine-tuned on instead of the completion, if any).
 
@@ -131,7 +131,7 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
             f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": s.rollout.completion,
                                 "status": s.status, "reward": s.reward, "original_reward": baseline.get(p.uid),
                                 "forced_close": c.forced_close, "neutral": c.neutral, "kept": s.rollout.uid in kept_uids,
-                                "trimmed": (trimmed or {}).get(s.rollout.uid), "sft_text": (targets or {}).get(s.rollout.uid)}) + "\n")
+                                "trimmed": trimmed.get(s.rollout.uid), "sft_text": targets.get(s.rollout.uid)}) + "\n")
     return per_task
 
 
