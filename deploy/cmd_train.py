@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from deepretrieval.deploy.launcher import launch
 
     result = launch(cfg)
-    print(f"run {cfg.run}: {result.learner.get('steps')} steps in {result.seconds:.0f}s -> {result.run_dir}"
+    stages = ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in result.stages_s.items())
+    print(f"run {cfg.run}: {result.learner.get('steps')} steps in {result.seconds:.0f}s ({stages}) -> {result.run_dir}"
           + (" (interrupted; checkpoint saved)" if result.interrupted else ""))
     return 130 if result.interrupted else 0

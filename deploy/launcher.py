@@ -20,12 +20,17 @@ import yaml
 from tqdm import tqdm
 
 from deepretrieval.common.signals import keep_sigsegv_handler
+from deepretrieval.common.stopwatch import Stopwatch
 from deepretrieval.common.train_config import RolePlacement, TrainConfig
 from deepretrieval.deploy.periodic_eval import PeriodicEval
 from deepretrieval.deploy.services import run_services
 from deepretrieval.deploy.workers import ActorWorker, LearnerWorker, RewarderWorker
 
 log = logging.getLogger(__name__)
+
+#: Stages `RunResult.budgeted_s` leaves out: the held-out evaluations of the untrained and the
+#: warmed-up policy, which only show where the learning started (the final evaluation counts).
+SHOWCASE_STAGES = frozenset({"eval_before_s", "eval_warmup_s"})
 
 
 @dataclass
@@ -39,6 +44,13 @@ class RunResult:
     rewarders: list[dict] = field(default_factory=list)
     interrupted: bool = False
     restarts: dict[str, int] = field(default_factory=dict)
+    stages_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def budgeted_s(self) -> float:
+        """Seconds of the stages a run needs (setup, warm-up, RL, final evaluation): all but the
+        evaluations that only show the untrained and warmed-up policies (`eval_before_after`)."""
+        return sum(v for k, v in self.stages_s.items() if k not in SHOWCASE_STAGES)
 
 
 def prepare_run(cfg: TrainConfig) -> None:
@@ -64,19 +76,22 @@ def prepare_run(cfg: TrainConfig) -> None:
                          dense=getattr(t.backend, "dense", None))
 
 
-def warm_start(cfg: TrainConfig) -> TrainConfig:
+def warm_start(cfg: TrainConfig, clock: Stopwatch) -> TrainConfig:
     """Run the format warm-up unless the run has its warm policy already; RL then starts from it.
 
     A resumed run (its learner checkpoints exist) reuses the warm policy and never re-runs it.
+    `clock` times the stages `warmup_s` and `eval_warmup_s`.
     """
     from deepretrieval.deploy.warmup import run_warmup, warm_policy_dir, warm_policy_ready
 
     if not warm_policy_ready(cfg):
-        run_warmup(cfg)
+        with clock.stage("warmup_s"):
+            run_warmup(cfg)
         if cfg.eval_before_after:
             from deepretrieval.deploy.run_eval import evaluate_policy
 
-            evaluate_policy(cfg, warm_policy_dir(cfg), "warmup")
+            with clock.stage("eval_warmup_s"):
+                evaluate_policy(cfg, warm_policy_dir(cfg), "warmup")
     else:
         log.info("warm-up: reusing %s", warm_policy_dir(cfg))
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"name_or_path": str(warm_policy_dir(cfg))})})
@@ -220,22 +235,27 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         on_end: called with the Redis URL after the workers stopped, before a private Redis stops.
     """
     t0 = time.monotonic()
+    clock = Stopwatch()
     services = ExitStack()
-    cfg = services.enter_context(run_services(cfg))
+    with clock.stage("setup_s"):
+        cfg = services.enter_context(run_services(cfg))
     if cfg.trace_file is None:
         cfg = cfg.model_copy(update={"trace_file": cfg.run_dir / "traces.jsonl"})
     interrupted = False
     try:
-        prepare_run(cfg)
+        with clock.stage("setup_s"):
+            prepare_run(cfg)
         if cfg.eval_before_after and (cfg.run_dir / "eval-before.json").is_file():
             log.info("eval before: reusing %s (a resumed run)", cfg.run_dir / "eval-before.json")
         elif cfg.eval_before_after:
             from deepretrieval.common.model_fetch import resolve_model
             from deepretrieval.deploy.run_eval import evaluate_policy
 
-            evaluate_policy(cfg, Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir)), "before")
+            with clock.stage("eval_before_s"):
+                evaluate_policy(cfg, Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir)), "before")
         if cfg.warmup.enabled:
-            cfg = warm_start(cfg)
+            cfg = warm_start(cfg, clock)
+        rl_mark = time.perf_counter()
         ray = _ray_init(cfg)
         place = cfg.ray.placement
         roles = ([_Role("learner", LearnerWorker, 0, place.learner)]
@@ -267,27 +287,31 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         outs = {id(r): ray.get(r.ref, timeout=300) for r in sup.roles}
         with keep_sigsegv_handler():  # ray.shutdown() resets SIGSEGV to the default action
             ray.shutdown()
+        clock.add("rl_s", time.perf_counter() - rl_mark)
         if on_end is not None:
             on_end(cfg.transport.url)
         by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
         result = RunResult(cfg.run_dir, time.monotonic() - t0, by("learner")[0], by("actor"), by("rewarder"), interrupted,
-                           {f"{r.name}-{r.index}": r.restarts for r in sup.roles})
+                           {f"{r.name}-{r.index}": r.restarts for r in sup.roles}, clock.seconds)
         from deepretrieval.learner.weight_sync import version_dir_name
 
         final = cfg.run_dir / "weights" / version_dir_name(int(result.learner.get("policy_version", 0)))
         if cfg.eval_before_after and final.is_dir():
             from deepretrieval.deploy.run_eval import evaluate_policy
 
-            evaluate_policy(cfg, final, "after")  # API tasks need the run's Redis and emulator: still up here
+            with clock.stage("eval_after_s"):
+                evaluate_policy(cfg, final, "after")  # API tasks need the run's Redis and emulator: still up here
     finally:
         services.close()
+    result.seconds = time.monotonic() - t0
     _finish(cfg, result)
     return result
 
 
 def _finish(cfg: TrainConfig, result: RunResult) -> None:
     """Plots and a summary next to the metrics."""
-    summary = {"run": cfg.run, "mode": cfg.mode, "seconds": result.seconds, "interrupted": result.interrupted,
+    summary = {"run": cfg.run, "mode": cfg.mode, "seconds": result.seconds, "stages_s": result.stages_s,
+               "budgeted_s": result.budgeted_s, "interrupted": result.interrupted,
                "restarts": result.restarts,
                "learner": result.learner, "actors": result.actors, "rewarders": result.rewarders}
     if cfg.eval_before_after:

@@ -41,6 +41,7 @@ from typing import Any
 
 from deepretrieval.actors.rewrite import parse_rewrite
 from deepretrieval.common.answer_format import parse_answer
+from deepretrieval.common.stopwatch import Stopwatch
 from deepretrieval.common.train_config import TrainConfig
 from deepretrieval.common.warmup_config import WarmupConfig
 from deepretrieval.common.wire import Prompt, Rollout
@@ -135,7 +136,7 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
     return per_task
 
 
-def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupConfig, stages: dict[str, float]) -> tuple:
+def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupConfig, clock: Stopwatch) -> tuple:
     """The draw's rounds: sample constrained, score with the originals, re-run the rejection filter, report kept per task.
 
     Returns:
@@ -150,16 +151,13 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
     kept: list[Candidate] = []
     prompt_of: dict[str, Prompt] = {}
     unavailable = 0
-    stages["sample_s"] = stages["score_s"] = 0.0
     while batch := draw.next_round():
         prompt_of.update({p.uid: p for p in batch})
-        mark = time.perf_counter()
-        rollouts = _constrained_rollouts(engine, tokenizer, batch, cfg, wcfg)
-        stages["sample_s"] += time.perf_counter() - mark
-        mark = time.perf_counter()
-        originals = original_rollouts(batch, tokenizer, cfg)
-        round_scored = asyncio.run(score_rollouts(cfg, originals + rollouts))
-        stages["score_s"] += time.perf_counter() - mark
+        with clock.stage("sample_s"):
+            rollouts = _constrained_rollouts(engine, tokenizer, batch, cfg, wcfg)
+        with clock.stage("score_s"):
+            originals = original_rollouts(batch, tokenizer, cfg)
+            round_scored = asyncio.run(score_rollouts(cfg, originals + rollouts))
         unavailable += sum(s.status == "unavailable" for s in round_scored)
         baseline.update({s.rollout.prompt_uid: s.reward for s in round_scored[:len(originals)] if s.reward is not None})
         fresh: list[Candidate] = []
@@ -306,7 +304,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
 
     wcfg = wcfg or cfg.warmup
     t0 = time.perf_counter()
-    stages: dict[str, float] = {}
+    clock = Stopwatch()
     model_dir = Path(resolve_model(cfg.model.name_or_path, cfg.paths.models_dir))
     out_dir = warm_policy_dir(cfg)
     pool, held, select = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.heldout_prompts, wcfg.seed,
@@ -315,12 +313,11 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     engine = make_engine(model_dir, on_cores(cfg.actors.engine, wcfg.cpu_threads_bind), cfg.model.dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     try:
-        mark = time.perf_counter()
-        before, before_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples_before or wcfg.format_samples)
-        stages["format_before_s"] = time.perf_counter() - mark
+        with clock.stage("format_before_s"):
+            before, before_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples_before or wcfg.format_samples)
         log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
 
-        candidates, scored, baseline, kept, unavailable = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, stages)
+        candidates, scored, baseline, kept, unavailable = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, clock)
         train = draw.drawn
         task_of = {p.uid: p.task for p in train}
         kept, trimmed, targets = rewrite_kept(kept, scored, task_of, cfg, wcfg, tokenizer)
@@ -336,13 +333,12 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
             shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
         elif selection is not None:
             sft.update(selection.report())
-            stages["select_s"] = selection.seconds
-        stages["sft_s"] = time.perf_counter() - mark - stages.get("select_s", 0.0)
+            clock.add("select_s", selection.seconds)
+        clock.add("sft_s", time.perf_counter() - mark - (selection.seconds if selection is not None else 0.0))
 
-        mark = time.perf_counter()
-        engine.load_weights(out_dir, wcfg.epochs + 1)
-        after, after_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
-        stages["format_after_s"] = time.perf_counter() - mark
+        with clock.stage("format_after_s"):
+            engine.load_weights(out_dir, wcfg.epochs + 1)
+            after, after_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples)
     finally:
         engine.close()
     constrained_ok = sum(c.format_ok for c in candidates) / max(1, len(candidates))
@@ -354,7 +350,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),
               "per_task": per_task, "unavailable": unavailable,
-              **sft, "seconds": time.perf_counter() - t0, "stages_s": stages, "policy": str(out_dir),
+              **sft, "seconds": time.perf_counter() - t0, "stages_s": clock.seconds, "policy": str(out_dir),
               "base_model": str(model_dir), "cpu": describe_cpu(), "config": wcfg.model_dump()}
     (out_dir.parent / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))
     log.info("warm-up: format ok %.3f -> %.3f (failures after: %s), %d kept, %.0f s", before, after, after_errors or "none",

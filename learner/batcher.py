@@ -5,7 +5,9 @@ its samples arrived. Complete groups with an `unavailable` member, or older than
 versions, are dropped (counted, acked at once, their admission slots released). The others queue
 oldest first; `next_batch` returns `groups_per_step` of them. With a `spread` test (DAPO's
 over-sampling) a complete group whose rewards all tie is dropped at once too, and a step waits for
-`groups_per_step` groups that pass or until it has read `max_groups` complete groups. The entries
+`groups_per_step` groups that pass or until it has read `max_groups` complete groups. `drain`
+reads on while a step trains, so dropped groups free their admission slots without waiting for the
+step to end; a queued group is re-checked for staleness when a step takes it. The entries
 of the groups a step returns stay pending until the caller commits (checkpoints) the step that
 trained them, so a crash redelivers exactly what the last checkpoint did not cover; the uid ledger
 drops anything already trained.
@@ -191,6 +193,32 @@ class Batcher:
             log.warning("group %s stayed incomplete (%d of %d) for %.0fs: dropped", gid, len(g.items), self._g, self._incomplete_timeout_s)
         return out
 
+    async def _drop_stale_ready(self, learner_version: int) -> None:
+        """Drop (ack, free the slot of) each queued group that the steps since it queued made too old."""
+        stale = [gid for gid, g in self._ready.items()
+                 if max(self.lag(s.rollout.policy_version, learner_version) for s in g.items) > self._max_staleness]
+        for gid in stale:
+            g = self._ready.pop(gid)
+            self.stats.groups_stale += 1
+            await self._coord.consume([gid])
+            await self._transport.ack(self._stream, LEARNER_GROUP, g.entry_ids)
+            log.warning("queued group %s grew older than %d versions while it waited: dropped", gid, self._max_staleness)
+
+    async def drain(self, learner_version: int, until: asyncio.Future, block_ms: int = 200) -> None:
+        """Read the stream while a step trains, until `until` is done.
+
+        Groups that will not be trained (tied under the spread test, stale, unavailable) are
+        dropped as they complete, so their admission slots free at once and the actors go on
+        sampling; the others queue for the next step (re-checked for staleness when it starts).
+        Without this, a step that drops most groups for ties left the actors waiting for slots
+        for the whole of the previous training step.
+        """
+        if not self._recovered:
+            return  # the first next_batch re-reads this consumer's own pending entries first
+        while not until.done():
+            entries = await self._transport.read(self._stream, LEARNER_GROUP, self._consumer, 512, block_ms=block_ms)
+            await self._feed(entries, learner_version)
+
     def _read_enough(self) -> bool:
         """Whether this step has read at least its `max_groups` (only with a spread test)."""
         dropped = len(self._dropped_this_step) // self._g
@@ -205,6 +233,7 @@ class Batcher:
                 if len(entries) < 512:
                     break
             self._recovered = True
+        await self._drop_stale_ready(learner_version)
         while len(self._ready) < self._per_step and not self._read_enough():
             if stop is not None and stop.is_set():
                 return None

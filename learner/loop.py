@@ -185,7 +185,12 @@ class Learner:
         samples, gstats = build_samples(batch.scored, self.cfg.loss, dynamic_sampling=self.cfg.dynamic_sampling)
         version_before = self.trainer.policy_version
         loop = asyncio.get_running_loop()
-        metrics = await loop.run_in_executor(None, self.trainer.train_step, samples)
+        training = loop.run_in_executor(None, self.trainer.train_step, samples)
+        draining = asyncio.create_task(self.batcher.drain(version_before, training))
+        try:
+            metrics = await training
+        finally:
+            await draining
         # One learner step = one new policy version, whether or not the optimizer stepped
         # (Trainer.train_step bumps the version only when it did).
         self.trainer.policy_version = version_before + 1

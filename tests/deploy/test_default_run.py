@@ -46,7 +46,8 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
     run = home / "runs" / "default-cpu"
     learning = json.loads((run / "learning.json").read_text())
     warm = json.loads((run / "warmup" / "warmup.json").read_text())
-    final = json.loads((run / "summary.json").read_text())["learner"]["policy_version"]
+    summary = json.loads((run / "summary.json").read_text())
+    final = summary["learner"]["policy_version"]
     rl_policy = run / "weights" / f"v{final:06d}"
     scifact = tmp_path / "scifact.json"
     assert main(["eval", "--dataset", "scifact", "--max-queries", "100", "--data-root", str(data_root), "--home", str(index_root.parent),
@@ -66,7 +67,8 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
         report = json.loads(served_json.read_text())
         served[dataset] = {"original": report["metrics"]["original"]["ndcg@10"], "rl_served": report["metrics"]["rl"]["ndcg@10"],
                            "broken_share": report["format_broken_share"]}
-    tables = {"cpu": describe_cpu(), "train_seconds": train_s, "scifact_query_composition": compose.model_dump(), "warmup": warm, "trained_tasks": learning,
+    tables = {"cpu": describe_cpu(), "train_seconds": train_s, "train_stages_s": summary["stages_s"], "budgeted_s": summary["budgeted_s"],
+              "scifact_query_composition": compose.model_dump(), "warmup": warm, "trained_tasks": learning,
               "scifact_bm25_transfer": {row: sci[row]["ndcg@10"] for row in ("original", "untrained", "warmup", "rl")},
               "served_ndcg@10": served}
     out = ROOT / "bench" / "results" / f"learning-default-cpu{'-bf16' if cpu_has_bf16() else ''}.json"  # one file per machine kind
@@ -77,4 +79,6 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
     assert pubmed["rl"] >= 2 * pubmed["original"]
     assert nf["rl"] > nf["original"]
     assert tables["scifact_bm25_transfer"]["rl"] >= tables["scifact_bm25_transfer"]["original"]
-    assert train_s <= 3600
+    # The budget is the issue's: warm-up + RL + final evaluation (with setup) within 60 minutes; the
+    # evaluations of the untrained and the warmed-up policy only show the table's first rows.
+    assert summary["budgeted_s"] <= 3600

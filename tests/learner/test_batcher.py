@@ -151,3 +151,54 @@ async def test_fill_with_spread_stops_reading_at_max_groups(redis_url):
     with pytest.raises(ValueError, match="max_groups"):
         Batcher(t, coord, "r", group_size=2, groups_per_step=2, max_staleness=1, ledger=set(), spread=lambda g: True, max_groups=1)
     await t.close()
+
+
+async def test_drain_drops_tied_groups_while_a_step_trains_so_actors_get_their_slots_back(redis_url):
+    """Reading on during a training step frees the tied groups' admission slots then, not after the step."""
+    import asyncio
+    from functools import partial
+
+    from deepretrieval.common.learner_config import LossConfig
+    from deepretrieval.learner.sequences import has_spread
+
+    t = _transport(redis_url)
+    coord = Coordinator(t._redis, "r")
+    await coord.try_admit(4, 10)
+    for s in [scored("a", 0), scored("a", 1)]:
+        await t.publish(scored_stream("r"), s)
+    b = Batcher(t, coord, "r", group_size=2, groups_per_step=1, max_staleness=1, ledger=set(),
+                spread=partial(has_spread, cfg=LossConfig()), max_groups=8)
+    assert (await b.next_batch(0, block_ms=50)).group_ids == ["a"]
+    training = asyncio.get_running_loop().create_future()  # the step trains until this is done
+    draining = asyncio.create_task(b.drain(0, training, block_ms=50))
+    for s in [*_tied("t1"), *_tied("t2"), scored("b", 0), scored("b", 1)]:
+        await t.publish(scored_stream("r"), s)
+    for _ in range(100):  # while the step still trains, the tied groups are dropped and their slots freed
+        if await coord.in_flight() == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert not training.done() and await coord.in_flight() == 2  # "a" (until committed) and "b" (queued)
+    assert b.stats.groups_uniform == 2
+    training.set_result(None)
+    await asyncio.wait_for(draining, 1.0)
+    nxt = await b.next_batch(1, block_ms=50)  # the queued group is taken without another read
+    assert nxt.group_ids == ["b"] and sorted({s.rollout.group_id for s in nxt.dropped}) == ["t1", "t2"]
+    await t.close()
+
+
+async def test_a_queued_group_that_grew_too_old_by_its_step_is_dropped(redis_url):
+    t = _transport(redis_url)
+    coord = Coordinator(t._redis, "r")
+    await coord.try_admit(3, 10)
+    for s in [scored("a", 0), scored("a", 1), scored("b", 0), scored("b", 1)]:
+        await t.publish(scored_stream("r"), s)
+    b = _batcher(t, coord, max_staleness=1)
+    assert (await b.next_batch(0, block_ms=50)).group_ids == ["a"]  # one read queued "b" too, fresh at v0
+    for s in [scored("c", 0, version=2), scored("c", 1, version=2)]:
+        await t.publish(scored_stream("r"), s)
+    # Two steps later "b" lags 2 versions (max 1): dropped, acked, its slot freed, never trained.
+    assert (await b.next_batch(2, block_ms=50)).group_ids == ["c"]
+    assert b.stats.groups_stale == 1 and await coord.in_flight() == 2  # "a" and "c" until committed
+    pending = await t._redis.xpending(scored_stream("r"), LEARNER_GROUP)
+    assert pending["pending"] == 4  # a-0, a-1, c-0, c-1
+    await t.close()
