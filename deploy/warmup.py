@@ -334,7 +334,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
         elif selection is not None:
             sft.update(selection.report())
             clock.add("select_s", selection.seconds)
-        clock.add("sft_s", time.perf_counter() - mark - (selection.seconds if selection is not None else 0.0))
+        clock.add("sft_s", time.perf_counter() - mark - clock.seconds.get("select_s", 0.0))
 
         with clock.stage("format_after_s"):
             engine.load_weights(out_dir, wcfg.epochs + 1)

@@ -166,7 +166,7 @@ class Batcher:
 
     async def _complete(self, group_id: str, group: _Pending, learner_version: int) -> list[str]:
         self.stats.groups_complete += 1
-        lag = max(self.lag(s.rollout.policy_version, learner_version) for s in group.items)
+        lag = self._group_lag(group, learner_version)
         if any(s.status == "unavailable" for s in group.items):
             self.stats.groups_unavailable += 1
         elif lag > self._max_staleness:
@@ -193,16 +193,22 @@ class Batcher:
             log.warning("group %s stayed incomplete (%d of %d) for %.0fs: dropped", gid, len(g.items), self._g, self._incomplete_timeout_s)
         return out
 
+    def _group_lag(self, group: _Pending, learner_version: int) -> int:
+        """Learner steps between the group's oldest behaviour policy and `learner_version`."""
+        return max(self.lag(s.rollout.policy_version, learner_version) for s in group.items)
+
     async def _drop_stale_ready(self, learner_version: int) -> None:
         """Drop (ack, free the slot of) each queued group that the steps since it queued made too old."""
-        stale = [gid for gid, g in self._ready.items()
-                 if max(self.lag(s.rollout.policy_version, learner_version) for s in g.items) > self._max_staleness]
+        stale = [gid for gid, g in self._ready.items() if self._group_lag(g, learner_version) > self._max_staleness]
+        if not stale:
+            return
+        ack: list[str] = []
         for gid in stale:
-            g = self._ready.pop(gid)
+            ack += self._ready.pop(gid).entry_ids
             self.stats.groups_stale += 1
-            await self._coord.consume([gid])
-            await self._transport.ack(self._stream, LEARNER_GROUP, g.entry_ids)
             log.warning("queued group %s grew older than %d versions while it waited: dropped", gid, self._max_staleness)
+        await self._coord.consume(stale)
+        await self._transport.ack(self._stream, LEARNER_GROUP, ack)
 
     async def drain(self, learner_version: int, until: asyncio.Future, block_ms: int = 200) -> None:
         """Read the stream while a step trains, until `until` is done.
