@@ -291,11 +291,11 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         if on_end is not None:
             on_end(cfg.transport.url)
         by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
-        result = RunResult(cfg.run_dir, time.monotonic() - t0, by("learner")[0], by("actor"), by("rewarder"), interrupted,
-                           {f"{r.name}-{r.index}": r.restarts for r in sup.roles}, clock.seconds)
+        reports = {"learner": by("learner")[0], "actors": by("actor"), "rewarders": by("rewarder"),
+                   "restarts": {f"{r.name}-{r.index}": r.restarts for r in sup.roles}}
         from deepretrieval.learner.weight_sync import version_dir_name
 
-        final = cfg.run_dir / "weights" / version_dir_name(int(result.learner.get("policy_version", 0)))
+        final = cfg.run_dir / "weights" / version_dir_name(int(reports["learner"].get("policy_version", 0)))
         if cfg.eval_before_after and final.is_dir():
             from deepretrieval.deploy.run_eval import evaluate_policy
 
@@ -303,7 +303,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
                 evaluate_policy(cfg, final, "after")  # API tasks need the run's Redis and emulator: still up here
     finally:
         services.close()
-    result.seconds = time.monotonic() - t0
+    result = RunResult(cfg.run_dir, time.monotonic() - t0, interrupted=interrupted, stages_s=clock.seconds, **reports)
     _finish(cfg, result)
     return result
 

@@ -10,7 +10,8 @@ reward would be the format penalty and GRPO would get no gradient. The warm-up f
    grammar-constrained completions per prompt (actors' engine, answer regex; with
    `prose_reasoning`, no JSON brackets or quotes in the reasoning);
 4. score them, and each request sent as is, with the run's rewarder (same backends, cache, rate
-   limiter, retries and `rl.reward` / `rl.search.*` spans as training);
+   limiter, retries and `rl.reward` / `rl.search.*` spans as training); with `overlap_scoring`, a
+   round is scored on a background thread while the next round samples;
 5. keep per prompt the best completion that beats its original request (learner/sft.py; with
    `keep_ties`, also one exactly as good as a request that already works as a query; with
    `prefer_natural_close`, "best" puts reasoning the model closed itself before reasoning the
@@ -136,11 +137,43 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
     return per_task
 
 
+class _RoundScorer:
+    """Scores the warm-up's rounds on one background thread, so a round's search calls (paced by the
+    backends' rate limits, not by this CPU) wait while the next round samples (`warmup.overlap_scoring`).
+
+    One round is scored at a time, in draw order; `busy_s` is the scoring's own time, overlapped or not.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._cfg = cfg
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warmup-score")
+        self.busy_s = 0.0
+
+    def _score(self, rollouts: list[Rollout]) -> list:
+        mark = time.perf_counter()
+        try:
+            return asyncio.run(score_rollouts(self._cfg, rollouts))
+        finally:
+            self.busy_s += time.perf_counter() - mark
+
+    def submit(self, rollouts: list[Rollout]):
+        return self._pool.submit(self._score, rollouts)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupConfig, clock: Stopwatch) -> tuple:
     """The draw's rounds: sample constrained, score with the originals, re-run the rejection filter, report kept per task.
 
+    With `overlap_scoring`, round r is scored while round r+1 samples (drawn before r is recorded:
+    deploy/warmup_draw.py); `score_s` is then only the time spent waiting for scores.
+
     Returns:
-        (candidates, their Scored, baseline: prompt uid -> the original's reward, kept, unavailable scores).
+        (candidates, their Scored, baseline: prompt uid -> the original's reward, kept, unavailable scores,
+        seconds the scoring itself took).
     """
     from deepretrieval.learner.sft import Candidate, select_best
 
@@ -151,17 +184,15 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
     kept: list[Candidate] = []
     prompt_of: dict[str, Prompt] = {}
     unavailable = 0
-    while batch := draw.next_round():
-        prompt_of.update({p.uid: p for p in batch})
-        with clock.stage("sample_s"):
-            rollouts = _constrained_rollouts(engine, tokenizer, batch, cfg, wcfg)
+
+    def settle(n_originals: int, future) -> None:
+        nonlocal unavailable
         with clock.stage("score_s"):
-            originals = original_rollouts(batch, tokenizer, cfg)
-            round_scored = asyncio.run(score_rollouts(cfg, originals + rollouts))
+            round_scored = future.result()
         unavailable += sum(s.status == "unavailable" for s in round_scored)
-        baseline.update({s.rollout.prompt_uid: s.reward for s in round_scored[:len(originals)] if s.reward is not None})
+        baseline.update({s.rollout.prompt_uid: s.reward for s in round_scored[:n_originals] if s.reward is not None})
         fresh: list[Candidate] = []
-        for s in round_scored[len(originals):]:
+        for s in round_scored[n_originals:]:
             prompt = prompt_of[s.rollout.prompt_uid]
             spec = specs[prompt.task]
             fresh.append(Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
@@ -169,14 +200,38 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
                                    forced_close=closed_at_cap(s.rollout.completion, spec.answer, wcfg.max_reasoning_chars),
                                    neutral=s.status == "ok" and spec.query.adds_nothing(prompt.request, s.query)))
             scored.append(s)
-        candidates += fresh
+        candidates.extend(fresh)
         # Each prompt is drawn in one round only, so the filter needs only this round's candidates.
-        kept += select_best(fresh, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties, neutral_ties=wcfg.neutral_ties,
-                            prefer_natural_close=wcfg.prefer_natural_close)
+        kept.extend(select_best(fresh, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties, neutral_ties=wcfg.neutral_ties,
+                                prefer_natural_close=wcfg.prefer_natural_close))
         kept_by_task = Counter(prompt_of[c.prompt_uid].task for c in kept)
         draw.record(kept_by_task)
-        log.info("warm-up round %d: %d prompts drawn, kept per task %s", draw.rounds, len(draw.drawn), dict(kept_by_task))
-    return candidates, scored, baseline, kept, unavailable
+        log.info("warm-up round %d scored: %d prompts drawn, kept per task %s", draw.rounds - draw.unrecorded_rounds,
+                 len(draw.drawn), dict(kept_by_task))
+
+    scorer = _RoundScorer(cfg)
+    waiting = None  # (originals in the round, its scores' future)
+    try:
+        while True:
+            batch = draw.next_round()
+            if not batch and waiting is None:
+                break
+            submitted = None
+            if batch:
+                prompt_of.update({p.uid: p for p in batch})
+                with clock.stage("sample_s"):
+                    rollouts = _constrained_rollouts(engine, tokenizer, batch, cfg, wcfg)
+                originals = original_rollouts(batch, tokenizer, cfg)
+                submitted = (len(originals), scorer.submit(originals + rollouts))
+            if waiting is not None:
+                settle(*waiting)
+            waiting = submitted
+            if waiting is not None and not wcfg.overlap_scoring:
+                settle(*waiting)
+                waiting = None
+    finally:
+        scorer.close()
+    return candidates, scored, baseline, kept, unavailable, scorer.busy_s
 
 
 def rewrite_kept(kept: Sequence, scored: Sequence, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig,
@@ -317,7 +372,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
             before, before_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples_before or wcfg.format_samples)
         log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
 
-        candidates, scored, baseline, kept, unavailable = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, clock)
+        candidates, scored, baseline, kept, unavailable, score_busy_s = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, clock)
         train = draw.drawn
         task_of = {p.uid: p.task for p in train}
         kept, trimmed, targets = rewrite_kept(kept, scored, task_of, cfg, wcfg, tokenizer)
@@ -350,7 +405,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),
               "per_task": per_task, "unavailable": unavailable,
-              **sft, "seconds": time.perf_counter() - t0, "stages_s": clock.seconds, "policy": str(out_dir),
+              **sft, "seconds": time.perf_counter() - t0, "stages_s": clock.seconds, "score_busy_s": score_busy_s, "policy": str(out_dir),
               "base_model": str(model_dir), "cpu": describe_cpu(), "config": wcfg.model_dump()}
     (out_dir.parent / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))
     log.info("warm-up: format ok %.3f -> %.3f (failures after: %s), %d kept, %.0f s", before, after, after_errors or "none",

@@ -10,11 +10,17 @@ With `min_kept_per_task`, the draw goes on in rounds until every task has that m
 completions or the budget is spent. Each round a task short of its target draws fresh prompts
 from its own part of the pool, as many as its keep rate so far says it needs (a full batch before
 it has one), the neediest task first when the budget runs short.
+
+A round may be drawn before the one before it is recorded (the warm-up scores a round while the
+next one samples, `warmup.overlap_scoring`). A task's prompts still waiting for their scores count
+toward its target at its keep rate so far; a task with no scored prompt yet draws a full batch, as
+it would after a round that kept nothing.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
 from deepretrieval.common.wire import Prompt
@@ -39,22 +45,36 @@ class PromptDraw:
         for p in self._pool:
             self._left.setdefault(p.task, []).append(p)
         self._kept: dict[str, int] = {t: 0 for t in self._left}
+        self._scored: Counter[str] = Counter()  # prompts per task whose round is recorded
+        self._unrecorded: deque[Counter[str]] = deque()  # prompts per task of each round drawn and not yet recorded, oldest first
         self.drawn: list[Prompt] = []
         self.rounds = 0
 
+    @property
+    def unrecorded_rounds(self) -> int:
+        """Rounds drawn whose kept completions are not recorded yet."""
+        return len(self._unrecorded)
+
     def record(self, kept_by_task: Mapping[str, int]) -> None:
-        """Kept completions per task so far (over every round)."""
+        """Kept completions per task so far (over every recorded round), once the oldest unrecorded round is scored."""
+        if not self._unrecorded:
+            raise RuntimeError("record() without a round drawn and not yet recorded")
+        self._scored.update(self._unrecorded.popleft())
         for task in self._kept:
             self._kept[task] = kept_by_task.get(task, 0)
 
     def _want(self, task: str) -> int:
-        """Fresh prompts `task` asks for this round (0: at its target, or none left)."""
+        """Fresh prompts `task` asks for this round (0: at its target, expected to reach it from its unscored prompts, or none left)."""
         short = self._min_kept - self._kept[task]
         if short <= 0 or not self._left[task]:
             return 0
-        drawn = sum(p.task == task for p in self.drawn)
-        rate = self._kept[task] / drawn if drawn else 0.0
-        want = math.ceil(short / rate) if rate > 0 else self._batch
+        scored = self._scored[task]
+        rate = self._kept[task] / scored if scored else 0.0
+        if rate == 0:
+            return min(self._batch, len(self._left[task]))
+        waiting = sum(p.task == task for p in self.drawn) - scored
+        short -= rate * waiting
+        want = math.ceil(short / rate - 1e-9) if short > 0 else 0
         return min(want, self._batch, len(self._left[task]))
 
     def next_round(self) -> list[Prompt]:
@@ -74,5 +94,7 @@ class PromptDraw:
         for task, left in self._left.items():
             self._left[task] = [p for p in left if p.uid not in taken]
         self.drawn.extend(picked)
-        self.rounds += bool(picked)
+        if picked:
+            self.rounds += 1
+            self._unrecorded.append(Counter(p.task for p in picked))
         return picked

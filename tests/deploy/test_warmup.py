@@ -40,6 +40,8 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
     # Two rounds of 6 prompts: 12 kept completions need every prompt, so the budget ends the draw.
     assert report["prompts"] == 12 and report["rounds"] == 2 and report["heldout_prompts"] == 8 and report["candidates"] == 48
     assert report["unavailable"] == 0
+    # The first round is scored while the second samples: the warm-up waits for less scoring than was done.
+    assert 0 < report["stages_s"]["score_s"] < report["score_busy_s"]
     assert report["constrained_format_ok"] >= 0.75  # the grammar holds (a few may hit the token limit)
     # At most one per prompt, each at least as good as its (working) claim.
     rows = [json.loads(line) for line in (tmp_path / "runs" / "warm" / "warmup" / "candidates.jsonl").read_text().splitlines()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from deepretrieval.common.wire import Prompt
 from deepretrieval.deploy.warmup_draw import PromptDraw
 
@@ -52,6 +54,25 @@ def test_a_task_that_runs_out_of_prompts_stops_drawing_and_the_others_go_on():
     assert sorted(p.uid for p in draw.next_round()) == ["a0", "a1", "a2", "b0", "b1", "b2", "b3"]
     draw.record({"a": 1, "b": 1})
     assert {p.task for p in draw.next_round()} == {"b"}
+
+
+def test_a_round_drawn_before_the_last_is_recorded_counts_its_waiting_prompts_at_the_keep_rate_so_far():
+    """The warm-up scores a round while the next samples (`warmup.overlap_scoring`): draws run one round ahead of the scores."""
+    draw = PromptDraw(pool(a=60, b=60), budget=200, min_kept_per_task=6, batch=8)
+    draw.next_round()
+    second = draw.next_round()  # nothing scored yet: a full batch each again, as after a round that kept nothing
+    assert len(second) == 16 and draw.unrecorded_rounds == 2
+    draw.record({"a": 4, "b": 1})  # round 1: a kept 4 of 8, b 1 of 8
+    # a: 2 short, and its 8 waiting prompts should keep 4: nothing. b: 5 short, 8 waiting should keep 1: 4 / (1/8), capped at 8
+    third = draw.next_round()
+    assert [p.uid for p in third] == [f"b{i}" for i in range(16, 24)]
+    draw.record({"a": 5, "b": 2})  # round 2 kept less than expected for a: 1 short at 5 of 16 -> 4 prompts; b first (2 of 6)
+    assert [p.uid for p in draw.next_round()] == [f"b{i}" for i in range(24, 32)] + [f"a{i}" for i in range(16, 20)]
+    draw.record({"a": 5, "b": 4})
+    draw.record({"a": 6, "b": 6})
+    assert draw.next_round() == [] and draw.unrecorded_rounds == 0 and draw.rounds == 4
+    with pytest.raises(RuntimeError, match="without a round drawn"):
+        draw.record({"a": 6, "b": 6})
 
 
 def test_split_sets_held_out_and_selection_prompts_apart_and_leaves_the_plain_split_unchanged():
