@@ -122,6 +122,8 @@ def constraint_from_args(args: argparse.Namespace, task_name: str) -> str | None
 def run(args: argparse.Namespace) -> int:
     from deepretrieval.common.config import BM25Config
     from deepretrieval.common.datasets import BeirDataset
+    from deepretrieval.common.metrics import METRICS
+    from deepretrieval.common.significance import compare_sets
     from deepretrieval.rewarders.retrieval import EvalReport, evaluate_query_sets, open_retriever
 
     paths = paths_from_args(args)
@@ -165,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     retriever = open_retriever(ds, paths.index_dir, args.retriever, bm25=bm25)
     means, per_q, seconds = evaluate_query_sets(retriever, qrels, query_sets, depth=args.depth)
     extra["search_seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-    report = EvalReport(ds.name, args.split, args.retriever, len(queries), means, per_q, extra)
+    report = EvalReport(ds.name, args.split, args.retriever, len(queries), means, per_q, extra,
+                        paired=compare_sets(per_q, "original", METRICS))
     print(report.table())
     broken = {"rewritten": extra["format_broken_share"]} if "format_broken_share" in extra else {
         label: st["format_broken_share"] for label, st in extra.get("rewriters", {}).items()}  # type: ignore[union-attr]

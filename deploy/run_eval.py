@@ -50,6 +50,7 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
 def _evaluate_tasks(cfg: TrainConfig, model_dir: Path, label: str, policy) -> dict[str, dict]:
     """`evaluate_policy`'s tasks, each rewritten by the engine `policy()` returns."""
     from deepretrieval.deploy.evaluation import rewrite_with_policy
+    from deepretrieval.common.significance import compare_sets, paired_to_json
     from deepretrieval.deploy.rollout_scoring import task_specs
     from deepretrieval.rewarders.retrieval import evaluate_query_sets, open_retriever
 
@@ -76,8 +77,9 @@ def _evaluate_tasks(cfg: TrainConfig, model_dir: Path, label: str, policy) -> di
         backend = BeirDataset.open(t.backend.dataset, cfg.paths.data_root)
         retriever = open_retriever(backend, cfg.paths.index_dir, t.backend.type,
                                    bm25=getattr(t.backend, "bm25", None), dense=getattr(t.backend, "dense", None))
-        means, _, _ = evaluate_query_sets(retriever, qrels, {"original": queries, "rewritten": strict, "rewritten+fallback": fallback})
-        out[t.task] = {"metrics": means, "queries": len(queries), "format_broken_share": stats["format_broken_share"],
+        means, per_q, _ = evaluate_query_sets(retriever, qrels, {"original": queries, "rewritten": strict, "rewritten+fallback": fallback})
+        out[t.task] = {"metrics": means, "paired_vs_original": paired_to_json(compare_sets(per_q, "original", ("ndcg@10",))),
+                       "queries": len(queries), "format_broken_share": stats["format_broken_share"],
                        "query_mode": stats["query_mode"],
                        "split": t.eval_split, "policy": str(model_dir)}
         log.info("%s eval (%s): nDCG@10 original %.4f, rewritten %.4f, format broken %.0f%%", label, t.task,
@@ -114,8 +116,15 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path, loaded: tuple) -> di
         return float(s.components.get("metric", 0.0)) if s.status == "ok" else 0.0
 
     n = max(1, len(answered))
+    from deepretrieval.common.significance import compare_paired, paired_to_json
+
+    paired = {}
+    if answered:
+        paired = {"rewritten": {"recall": compare_paired({o.rollout.prompt_uid: recall(o) for o, _ in answered},
+                                                         {o.rollout.prompt_uid: recall(r) for o, r in answered})}}
     return {"metrics": {"original": {"recall": sum(recall(o) for o, _ in answered) / n},
                         "rewritten": {"recall": sum(recall(r) for _, r in answered) / n}},
+            "paired_vs_original": paired_to_json(paired),
             "k": t.k or spec.k_train, "queries": len(prompts), "unavailable": len(pairs) - len(answered),
             "format_broken_share": sum(r.status == "invalid" for _, r in pairs) / max(1, len(pairs)),
             "split": t.eval_split, "policy": str(model_dir)}
@@ -146,5 +155,8 @@ def learning_table(run_dir: Path) -> dict[str, dict]:
             entry["rows"].setdefault("original", res["metrics"]["original"][metric])
             entry["rows"][row] = res["metrics"]["rewritten"][metric]
             entry["format_broken_share"][row] = res["format_broken_share"]
+            paired = res.get("paired_vs_original", {}).get("rewritten", {}).get(metric)
+            if paired is not None:
+                entry.setdefault("paired_vs_original", {})[row] = paired
     (Path(run_dir) / "learning.json").write_text(json.dumps(table, indent=2))
     return table

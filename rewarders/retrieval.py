@@ -14,6 +14,7 @@ from typing import Literal
 from deepretrieval.common.config import BM25Config, DenseConfig
 from deepretrieval.common.datasets import BeirDataset, Qrels
 from deepretrieval.common.metrics import METRICS, evaluate
+from deepretrieval.common.significance import PairedComparison, paired_to_json
 
 RetrieverKind = Literal["bm25", "dense"]
 
@@ -55,10 +56,14 @@ class EvalReport:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     per_query: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     extra: dict[str, object] = field(default_factory=dict)
+    #: set -> metric -> that set against the original queries, query by query (common/significance.py)
+    paired: dict[str, dict[str, PairedComparison]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {"dataset": self.dataset, "split": self.split, "retriever": self.retriever,
-                "num_queries": self.num_queries, "metrics": self.metrics, "per_query": self.per_query, **self.extra}
+                "num_queries": self.num_queries, "metrics": self.metrics, "per_query": self.per_query,
+                "paired_vs_original": paired_to_json(self.paired),
+                **self.extra}
 
     def table(self) -> str:
         """A side-by-side text table, one row per metric."""
@@ -74,6 +79,10 @@ class EvalReport:
             if delta:
                 row += f"{self.metrics[cols[1]][m] - self.metrics['original'][m]:>+{width[cols[1]] + 2}.4f}"
             lines.append(row)
+        if self.paired:
+            lines.append(f"{METRICS[0]} against the original queries, per query: mean difference [95% bootstrap interval], "
+                         "paired randomization test")
+            lines += [f"  {name}: {by_m[METRICS[0]].describe()}" for name, by_m in self.paired.items() if METRICS[0] in by_m]
         return "\n".join(lines)
 
 

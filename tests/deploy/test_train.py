@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from deepretrieval.common import trace_names as names
 from deepretrieval.common.trace_file import read_trace_file
 from deepretrieval.common.trace_summary import summarize
@@ -51,6 +53,11 @@ learner: {{groups_per_step: 2, max_staleness: 1, checkpoint_every: 1, micro_batc
     assert evals and all(e["step"] in (1.0, 2.0) for e in evals)
     assert all(0.0 <= e["eval/sparse/ndcg@10"] <= 1.0 and e["eval/sparse/format_broken_share"] == 1.0 for e in evals)
     assert (run_dir / "plots" / "eval_sparse_ndcg_10.png").is_file()
+    # ... each compared with the original queries query by query: every answer broke, so nothing was searched
+    res = json.loads(sorted(run_dir.glob("eval-step*.json"))[-1].read_text())["sparse"]
+    paired = res["paired_vs_original"]["rewritten"]["ndcg@10"]
+    assert paired["queries"] == 2 and paired["better"] == 0 and paired["ci95_high"] <= 0
+    assert paired["mean_delta"] == pytest.approx(res["metrics"]["rewritten"]["ndcg@10"] - res["metrics"]["original"]["ndcg@10"])
 
 
 def _assert_one_trace_per_sample(trace_file, trained_uids: set[str]) -> None:
@@ -78,3 +85,21 @@ def test_the_budget_leaves_out_only_the_showcase_evaluations():
     result = RunResult(Path("run"), 1345.0, {}, stages_s=stages)
     assert result.budgeted_s == 60.0 + 600.0 + 400.0 + 80.0
 
+
+
+def test_learning_table_has_each_stage_against_the_original_queries_query_by_query(tmp_path):
+    """learning.json: per task the original's metric, each stage's, and each stage's paired comparison when its eval has one."""
+    from deepretrieval.deploy.run_eval import learning_table
+
+    paired = {"queries": 3, "mean_delta": 0.1, "ci95_low": 0.0, "ci95_high": 0.2, "p_value": 0.5, "better": 2, "worse": 0, "equal": 1}
+    sparse = lambda rw, with_paired: {"metrics": {"original": {"ndcg@10": 0.3}, "rewritten": {"ndcg@10": rw}}, "queries": 3,  # noqa: E731
+                                      "format_broken_share": 0.0, **({"paired_vs_original": {"rewritten": {"ndcg@10": paired}}} if with_paired else {})}
+    api = {"metrics": {"original": {"recall": 0.1}, "rewritten": {"recall": 0.4}}, "k": 100, "queries": 3, "format_broken_share": 0.0,
+           "paired_vs_original": {"rewritten": {"recall": paired}}}
+    (tmp_path / "eval-before.json").write_text(json.dumps({"sparse": sparse(0.1, False), "sql": {"skipped": "not retrieval"}}))
+    (tmp_path / "eval-after.json").write_text(json.dumps({"sparse": sparse(0.4, True), "pubmed": api}))
+    table = learning_table(tmp_path)
+    assert table["sparse"]["rows"] == {"original": 0.3, "untrained": 0.1, "rl": 0.4}
+    assert table["sparse"]["paired_vs_original"] == {"rl": paired}  # the before-eval was written without one
+    assert table["pubmed"]["metric"] == "recall@100" and table["pubmed"]["paired_vs_original"] == {"rl": paired}
+    assert json.loads((tmp_path / "learning.json").read_text()) == table

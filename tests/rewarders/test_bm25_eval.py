@@ -52,6 +52,12 @@ def test_any_beir_folder_by_path_with_rewritten_queries(tmp_path, tiny_beir, dat
         else:
             assert per["rewritten"]["ndcg@10"] == 0.0
     assert report["metrics"]["rewritten"]["ndcg@10"] < report["metrics"]["original"]["ndcg@10"]
+    # Query by query against the originals: only the dropped queries that had found something got worse.
+    paired = report["paired_vs_original"]["rewritten"]["ndcg@10"]
+    lost = [q for i, q in enumerate(queries) if not i % 2 and report["per_query"][q]["original"]["ndcg@10"] > 0]
+    assert (paired["better"], paired["worse"], paired["queries"]) == (0, len(lost), len(report["per_query"]))
+    assert paired["mean_delta"] == pytest.approx(report["metrics"]["rewritten"]["ndcg@10"] - report["metrics"]["original"]["ndcg@10"])
+    assert paired["ci95_high"] <= 0 <= paired["p_value"] <= 1
 
 
 def test_malformed_rewrite_file_is_a_clear_error(tmp_path, tiny_beir, data_root, index_root, capsys):
