@@ -49,8 +49,8 @@ def evaluate_policy(cfg: TrainConfig, model_dir: Path, label: str) -> dict[str, 
 
 def _evaluate_tasks(cfg: TrainConfig, model_dir: Path, label: str, policy) -> dict[str, dict]:
     """`evaluate_policy`'s tasks, each rewritten by the engine `policy()` returns."""
-    from deepretrieval.deploy.evaluation import rewrite_with_policy
     from deepretrieval.common.significance import compare_sets, paired_to_json
+    from deepretrieval.deploy.evaluation import rewrite_with_policy
     from deepretrieval.deploy.rollout_scoring import task_specs
     from deepretrieval.rewarders.retrieval import evaluate_query_sets, open_retriever
 
@@ -99,6 +99,7 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path, loaded: tuple) -> di
 
     from deepretrieval.common.prompt_book import PromptBook
     from deepretrieval.common.sampling import SamplingConfig
+    from deepretrieval.common.significance import compare_paired, paired_to_json
     from deepretrieval.deploy.rollout_scoring import original_rollouts, sample_rollouts, score_rollouts, task_specs
 
     spec = task_specs(cfg)[t.task]
@@ -116,8 +117,6 @@ def evaluate_api_task(cfg: TrainConfig, t, model_dir: Path, loaded: tuple) -> di
         return float(s.components.get("metric", 0.0)) if s.status == "ok" else 0.0
 
     n = max(1, len(answered))
-    from deepretrieval.common.significance import compare_paired, paired_to_json
-
     paired = {}
     if answered:
         paired = {"rewritten": {"recall": compare_paired({o.rollout.prompt_uid: recall(o) for o, _ in answered},
