@@ -159,3 +159,18 @@ def learning_table(run_dir: Path) -> dict[str, dict]:
                 entry.setdefault("paired_vs_original", {})[row] = paired
     (Path(run_dir) / "learning.json").write_text(json.dumps(table, indent=2))
     return table
+
+
+def learning_lines(table: dict[str, dict]) -> list[str]:
+    """`learning_table`'s rows as text, one line per task, and the last stage against the original requests."""
+    from deepretrieval.common.significance import PairedComparison
+
+    lines = []
+    for task, entry in table.items():
+        rows = ", ".join(f"{row} {value:.4f}" for row, value in entry["rows"].items())
+        lines.append(f"{task} {entry['metric']} on {entry['queries']} held-out requests: {rows}")
+        paired = entry.get("paired_vs_original", {})
+        if paired:
+            last = list(paired)[-1]
+            lines.append(f"  {last} against the original, per request: {PairedComparison(**paired[last]).describe()}")
+    return lines

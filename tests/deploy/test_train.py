@@ -103,3 +103,11 @@ def test_learning_table_has_each_stage_against_the_original_queries_query_by_que
     assert table["sparse"]["paired_vs_original"] == {"rl": paired}  # the before-eval was written without one
     assert table["pubmed"]["metric"] == "recall@100" and table["pubmed"]["paired_vs_original"] == {"rl": paired}
     assert json.loads((tmp_path / "learning.json").read_text()) == table
+    # ... and as `train` prints it: each stage's figure, then the last stage against the original per request
+    from deepretrieval.deploy.run_eval import learning_lines
+
+    assert learning_lines(table) == [
+        "sparse ndcg@10 on 3 held-out requests: original 0.3000, untrained 0.1000, rl 0.4000",
+        "  rl against the original, per request: +0.1000 [+0.0000, +0.2000] p=0.500; better 2, worse 0, equal 1 of 3",
+        "pubmed recall@100 on 3 held-out requests: original 0.1000, rl 0.4000",
+        "  rl against the original, per request: +0.1000 [+0.0000, +0.2000] p=0.500; better 2, worse 0, equal 1 of 3"]
