@@ -89,13 +89,13 @@ def compare_sets(per_query: Mapping[str, Mapping[str, Mapping[str, float]]], bas
         set name -> metric -> comparison, for every set but the baseline.
     """
     names = sorted({name for sets in per_query.values() for name in sets} - {baseline})
+    base = {m: {q: sets[baseline][m] for q, sets in per_query.items() if baseline in sets} for m in metrics}
     out: dict[str, dict[str, PairedComparison]] = {}
     for name in names:
         out[name] = {}
         for m in metrics:
-            base = {q: sets[baseline][m] for q, sets in per_query.items() if baseline in sets}
             other = {q: sets[name][m] for q, sets in per_query.items() if name in sets}
-            out[name][m] = compare_paired(base, other, resamples=resamples, seed=seed)
+            out[name][m] = compare_paired(base[m], other, resamples=resamples, seed=seed)
     return out
 
 

@@ -72,7 +72,7 @@ class PromptDraw:
         rate = self._kept[task] / scored if scored else 0.0
         if rate == 0:
             return min(self._batch, len(self._left[task]))
-        waiting = sum(p.task == task for p in self.drawn) - scored
+        waiting = sum(r[task] for r in self._unrecorded)
         short -= rate * waiting
         want = math.ceil(short / rate - 1e-9) if short > 0 else 0
         return min(want, self._batch, len(self._left[task]))
