@@ -51,11 +51,8 @@ def run(args: argparse.Namespace) -> int:
     stages = ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in result.stages_s.items())
     print(f"run {cfg.run}: {result.learner.get('steps')} steps in {result.seconds:.0f}s ({stages}) -> {result.run_dir}"
           + (" (interrupted; checkpoint saved)" if result.interrupted else ""))
-    learning = result.run_dir / "learning.json"
-    if cfg.eval_before_after and learning.is_file():
-        import json
-
+    if result.learning:
         from deepretrieval.deploy.run_eval import learning_lines
 
-        print("\n".join(learning_lines(json.loads(learning.read_text()))))
+        print("\n".join(learning_lines(result.learning)))
     return 130 if result.interrupted else 0

@@ -45,6 +45,8 @@ class RunResult:
     interrupted: bool = False
     restarts: dict[str, int] = field(default_factory=dict)
     stages_s: dict[str, float] = field(default_factory=dict)
+    #: Per task, the held-out metric at each stage (`run_eval.learning_table`); empty without `eval_before_after`.
+    learning: dict[str, dict] = field(default_factory=dict)
 
     @property
     def budgeted_s(self) -> float:
@@ -309,7 +311,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
 
 
 def _finish(cfg: TrainConfig, result: RunResult) -> None:
-    """Plots and a summary next to the metrics."""
+    """Plots and a summary next to the metrics; fills `result.learning`."""
     summary = {"run": cfg.run, "mode": cfg.mode, "seconds": result.seconds, "stages_s": result.stages_s,
                "budgeted_s": result.budgeted_s, "interrupted": result.interrupted,
                "restarts": result.restarts,
@@ -317,7 +319,8 @@ def _finish(cfg: TrainConfig, result: RunResult) -> None:
     if cfg.eval_before_after:
         from deepretrieval.deploy.run_eval import learning_table
 
-        summary["learning"] = learning_table(cfg.run_dir)
+        result.learning = learning_table(cfg.run_dir)
+        summary["learning"] = result.learning
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     try:
         from deepretrieval.learner.plots import plot_metrics

@@ -47,6 +47,7 @@ from deepretrieval.common.train_config import TrainConfig
 from deepretrieval.common.warmup_config import WarmupConfig
 from deepretrieval.common.wire import Prompt, Rollout
 from deepretrieval.deploy.rollout_scoring import original_rollouts, sample_rollouts, score_rollouts, task_specs
+from deepretrieval.deploy.warmup_draw import PromptDraw, run_rounds
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,9 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
     prompt_of: dict[str, Prompt] = {}
     unavailable = 0
 
-    def settle(n_originals: int, future) -> None:
+    def settle(pending: tuple) -> None:
         nonlocal unavailable
+        n_originals, future = pending
         with clock.stage("score_s"):
             round_scored = future.result()
         unavailable += sum(s.status == "unavailable" for s in round_scored)
@@ -209,26 +211,16 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
         log.info("warm-up round %d scored: %d prompts drawn, kept per task %s", draw.rounds - draw.unrecorded_rounds,
                  len(draw.drawn), dict(kept_by_task))
 
+    def submit(batch: list[Prompt]) -> tuple:
+        prompt_of.update({p.uid: p for p in batch})
+        with clock.stage("sample_s"):
+            rollouts = _constrained_rollouts(engine, tokenizer, batch, cfg, wcfg)
+        originals = original_rollouts(batch, tokenizer, cfg)
+        return len(originals), scorer.submit(originals + rollouts)
+
     scorer = _RoundScorer(cfg)
-    waiting = None  # (originals in the round, its scores' future)
     try:
-        while True:
-            batch = draw.next_round()
-            if not batch and waiting is None:
-                break
-            submitted = None
-            if batch:
-                prompt_of.update({p.uid: p for p in batch})
-                with clock.stage("sample_s"):
-                    rollouts = _constrained_rollouts(engine, tokenizer, batch, cfg, wcfg)
-                originals = original_rollouts(batch, tokenizer, cfg)
-                submitted = (len(originals), scorer.submit(originals + rollouts))
-            if waiting is not None:
-                settle(*waiting)
-            waiting = submitted
-            if waiting is not None and not wcfg.overlap_scoring:
-                settle(*waiting)
-                waiting = None
+        run_rounds(draw, submit, settle, overlap=wcfg.overlap_scoring)
     finally:
         scorer.close()
     return candidates, scored, baseline, kept, unavailable, scorer.busy_s
@@ -355,7 +347,6 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     from deepretrieval.common.model_fetch import resolve_model
     from deepretrieval.common.prompt_book import PromptBook
     from deepretrieval.deploy.workers import prompt_files
-    from deepretrieval.deploy.warmup_draw import PromptDraw
 
     wcfg = wcfg or cfg.warmup
     t0 = time.perf_counter()

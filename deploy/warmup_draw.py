@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from deepretrieval.common.wire import Prompt
+
+_Pending = TypeVar("_Pending")
 
 
 class PromptDraw:
@@ -98,3 +101,22 @@ class PromptDraw:
             self.rounds += 1
             self._unrecorded.append(Counter(p.task for p in picked))
         return picked
+
+
+def run_rounds(draw: PromptDraw, submit: Callable[[list[Prompt]], _Pending], settle: Callable[[_Pending], None], *,
+               overlap: bool) -> None:
+    """Drive `draw` to its end: each round's prompts go to `submit` (sample them, start their scoring),
+    and what it returns to `settle` (wait for the scores, `draw.record()` what was kept), in draw order.
+
+    With `overlap`, round r is settled only after round r+1 has been drawn and submitted, so its
+    scoring runs while the next round samples; without, each round is settled before the next is drawn.
+    """
+    waiting: list[_Pending] = []
+    while True:
+        batch = draw.next_round()
+        if not batch and not waiting:
+            return
+        if batch:
+            waiting.append(submit(batch))
+        while waiting and (not overlap or len(waiting) > 1 or not batch):
+            settle(waiting.pop(0))

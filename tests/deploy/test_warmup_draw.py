@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from deepretrieval.common.wire import Prompt
-from deepretrieval.deploy.warmup_draw import PromptDraw
+from deepretrieval.deploy.warmup_draw import PromptDraw, run_rounds
 
 
 def pool(**counts: int) -> list[Prompt]:
@@ -73,6 +75,38 @@ def test_a_round_drawn_before_the_last_is_recorded_counts_its_waiting_prompts_at
     assert draw.next_round() == [] and draw.unrecorded_rounds == 0 and draw.rounds == 4
     with pytest.raises(RuntimeError, match="without a round drawn"):
         draw.record({"a": 6, "b": 6})
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_run_rounds_settles_every_round_once_in_draw_order_before_or_after_the_next_is_drawn(overlap):
+    """`run_rounds` with and without `warmup.overlap_scoring`: a round is settled after the next one is
+    submitted, or before it is drawn. Each prompt whose number is a multiple of 3 keeps its completion."""
+    draw = PromptDraw(pool(a=60, b=60), budget=200, min_kept_per_task=6, batch=8)
+    events: list[tuple[str, int]] = []
+    kept: Counter = Counter()
+    ahead: list[int] = []  # rounds drawn and not yet recorded, at each submit
+
+    def submit(batch):
+        events.append(("submit", draw.rounds))
+        ahead.append(draw.unrecorded_rounds)
+        return draw.rounds, batch
+
+    def settle(pending):
+        round_no, batch = pending
+        events.append(("settle", round_no))
+        kept.update(p.task for p in batch if int(p.uid[1:]) % 3 == 0)
+        draw.record(kept)
+
+    run_rounds(draw, submit, settle, overlap=overlap)
+    submitted = [r for e, r in events if e == "submit"]
+    assert [r for e, r in events if e == "settle"] == submitted == list(range(1, draw.rounds + 1))
+    assert draw.unrecorded_rounds == 0 and min(kept.values()) >= 6
+    assert ahead[0] == 1 and set(ahead) == ({1, 2} if overlap else {1})
+    if overlap:  # round r is settled after r+1 is submitted: one round drawn ahead of its scores
+        assert all(events.index(("settle", r)) > events.index(("submit", r + 1)) for r in submitted[:-1])
+        assert events[-2:] == [("settle", submitted[-2]), ("settle", submitted[-1])]
+    else:  # each round settled before the next is drawn, so every draw knows every score
+        assert events == [(e, r) for r in submitted for e in ("submit", "settle")]
 
 
 def test_split_sets_held_out_and_selection_prompts_apart_and_leaves_the_plain_split_unchanged():
