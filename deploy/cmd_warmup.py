@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("warmup", help="format warm-up before RL: sample constrained, keep what beats the original query, fine-tune")
     add_run_config_args(p)
     p.add_argument("--json", type=Path, default=None, help="also write the report (format_ok_before/after, kept, sft_steps, seconds) here")
+    p.add_argument("--from-candidates", type=Path, default=None, metavar="JSONL",
+                   help="fine-tune on an earlier warm-up's scored completions (its runs/<run>/warmup/candidates.jsonl) under this "
+                        "config's filter and SFT settings, sampling and searching nothing; give another --run to keep that warm-up's policy")
     p.set_defaults(func=run)
 
 
@@ -24,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     with run_services(cfg) as cfg:
         prepare_run(cfg)
-        report = run_warmup(cfg)
+        report = run_warmup(cfg, from_candidates=args.from_candidates)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -110,10 +110,11 @@ def closed_at_cap(completion: str, fmt, max_reasoning_chars: int) -> bool:
     return reasoning is not None and len(reasoning) >= max_reasoning_chars
 
 
-def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence, scored: Sequence, baseline: dict[str, float],
+def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence, baseline: dict[str, float],
                      kept: Sequence, trimmed: dict[str, str], targets: dict[str, str]) -> dict:
-    """Every scored constrained completion as a JSON line (task, request, completion, reward, original's reward, forced close,
-    kept, its trimmed text if any, and the text fine-tuned on instead of the completion, if any).
+    """Every scored constrained completion as a JSON line (task, request, completion, status, reward, original's
+    reward, forced close, neutral, kept, its trimmed text if any, and the text fine-tuned on instead of the
+    completion, if any). `read_candidates` reads it back.
 
     Returns:
         per task: prompts, candidates, format-valid candidates, prompts kept.
@@ -125,17 +126,83 @@ def write_candidates(path: Path, prompts: Sequence[Prompt], candidates: Sequence
         per_task.setdefault(p.task, {"prompts": 0, "candidates": 0, "format_ok": 0, "kept": 0})["prompts"] += 1
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for c, s in zip(candidates, scored):
-            p = by_uid[s.rollout.prompt_uid]
+        for c in candidates:
+            p = by_uid[c.prompt_uid]
             row = per_task[p.task]
             row["candidates"] += 1
-            row["format_ok"] += s.status == "ok"
-            row["kept"] += s.rollout.uid in kept_uids
-            f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": s.rollout.completion,
-                                "status": s.status, "reward": s.reward, "original_reward": baseline.get(p.uid),
-                                "forced_close": c.forced_close, "neutral": c.neutral, "kept": s.rollout.uid in kept_uids,
-                                "trimmed": trimmed.get(s.rollout.uid), "sft_text": targets.get(s.rollout.uid)}) + "\n")
+            row["format_ok"] += c.format_ok
+            row["kept"] += c.uid in kept_uids
+            f.write(json.dumps({"task": p.task, "prompt_uid": p.uid, "request": p.request, "completion": c.completion,
+                                "status": c.status, "reward": c.reward, "original_reward": baseline.get(p.uid),
+                                "forced_close": c.forced_close, "neutral": c.neutral, "kept": c.uid in kept_uids,
+                                "trimmed": trimmed.get(c.uid), "sft_text": targets.get(c.uid)}) + "\n")
     return per_task
+
+
+def read_candidates(path: Path, prompts: Sequence[Prompt], tokenizer) -> tuple[list[Prompt], list, dict[str, float]]:
+    """A finished warm-up's scored completions (`write_candidates`), to fine-tune on again without
+    sampling or searching anything (`deepretrieval warmup --from-candidates`).
+
+    Token ids are not stored: a prompt is re-built from the run's prompt files (by uid), a completion
+    re-tokenised, and a format-valid one ends with EOS, as its sample did (the grammar's end allows
+    only EOS). Forced close and neutral are as recorded: they depend on the sampling's reasoning cap
+    and query composition, not on the replay's.
+
+    Args:
+        path: a `candidates.jsonl`.
+        prompts: the run's warm-up train prompts (held-out ones removed); each row's `prompt_uid` must be one of them.
+        tokenizer: the policy's tokenizer.
+
+    Returns:
+        (the prompts drawn, in first-seen order; their candidates; prompt uid -> the original request's reward).
+
+    Raises:
+        ConfigError: the file is missing or empty, a row is malformed, or names a prompt the run does not have.
+    """
+    from deepretrieval.common.chat import build_prompt_ids
+    from deepretrieval.common.errors import ConfigError
+    from deepretrieval.learner.sft import Candidate
+
+    if not path.is_file():
+        raise ConfigError(f"--from-candidates {path}: no such file (a warm-up writes runs/<run>/warmup/{CANDIDATES_NAME})")
+    by_uid = {p.uid: p for p in prompts}
+    drawn: dict[str, Prompt] = {}
+    prompt_ids: dict[str, list[int]] = {}
+    candidates, baseline = [], {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            uid, completion, status, reward = row["prompt_uid"], row["completion"], row["status"], row["reward"]
+            original, forced_close, neutral = row["original_reward"], bool(row["forced_close"]), bool(row["neutral"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}:{n}: not a warm-up candidate row ({type(e).__name__}: {e})") from e
+        if uid not in by_uid:
+            raise ConfigError(f"{path}:{n}: prompt {uid!r} is not among this run's warm-up train prompts (another run's candidates, "
+                              "other tasks, or a different warmup.seed / heldout_prompts / select_prompts put it in a held-out set)")
+        prompt = drawn.setdefault(uid, by_uid[uid])
+        if uid not in prompt_ids:
+            prompt_ids[uid] = build_prompt_ids(tokenizer, prompt.messages, prompt.prefill)
+        if original is not None:
+            baseline[uid] = float(original)
+        response = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+        if status == "ok":
+            response.append(tokenizer.eos_token_id)
+        candidates.append(Candidate(prompt_uid=uid, uid=f"{uid}/{n}", prompt_ids=prompt_ids[uid], response_ids=response,
+                                    reward=None if reward is None else float(reward), format_ok=status == "ok",
+                                    forced_close=forced_close, neutral=neutral, completion=completion, status=status))
+    if not candidates:
+        raise ConfigError(f"--from-candidates {path}: the file holds no candidate")
+    return list(drawn.values()), candidates, baseline
+
+
+def keep_best(candidates: Sequence, baseline: dict[str, float], wcfg: WarmupConfig) -> list:
+    """The rejection filter (`learner.sft.select_best`) with the warm-up config's settings."""
+    from deepretrieval.learner.sft import select_best
+
+    return select_best(candidates, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties, neutral_ties=wcfg.neutral_ties,
+                       prefer_natural_close=wcfg.prefer_natural_close)
 
 
 class _RoundScorer:
@@ -173,14 +240,13 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
     deploy/warmup_draw.py); `score_s` is then only the time spent waiting for scores.
 
     Returns:
-        (candidates, their Scored, baseline: prompt uid -> the original's reward, kept, unavailable scores,
+        (candidates, baseline: prompt uid -> the original's reward, kept, unavailable scores,
         seconds the scoring itself took).
     """
-    from deepretrieval.learner.sft import Candidate, select_best
+    from deepretrieval.learner.sft import Candidate
 
     specs = task_specs(cfg)
     candidates: list[Candidate] = []
-    scored: list = []
     baseline: dict[str, float] = {}
     kept: list[Candidate] = []
     prompt_of: dict[str, Prompt] = {}
@@ -200,12 +266,11 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
             fresh.append(Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
                                    response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok",
                                    forced_close=closed_at_cap(s.rollout.completion, spec.answer, wcfg.max_reasoning_chars),
-                                   neutral=s.status == "ok" and spec.query.adds_nothing(prompt.request, s.query)))
-            scored.append(s)
+                                   neutral=s.status == "ok" and spec.query.adds_nothing(prompt.request, s.query),
+                                   completion=s.rollout.completion, status=s.status))
         candidates.extend(fresh)
         # Each prompt is drawn in one round only, so the filter needs only this round's candidates.
-        kept.extend(select_best(fresh, baseline, margin=wcfg.margin, keep_ties=wcfg.keep_ties, neutral_ties=wcfg.neutral_ties,
-                                prefer_natural_close=wcfg.prefer_natural_close))
+        kept.extend(keep_best(fresh, baseline, wcfg))
         kept_by_task = Counter(prompt_of[c.prompt_uid].task for c in kept)
         draw.record(kept_by_task)
         log.info("warm-up round %d scored: %d prompts drawn, kept per task %s", draw.rounds - draw.unrecorded_rounds,
@@ -223,10 +288,10 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
         run_rounds(draw, submit, settle, overlap=wcfg.overlap_scoring)
     finally:
         scorer.close()
-    return candidates, scored, baseline, kept, unavailable, scorer.busy_s
+    return candidates, baseline, kept, unavailable, scorer.busy_s
 
 
-def rewrite_kept(kept: Sequence, scored: Sequence, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig,
+def rewrite_kept(kept: Sequence, task_of: dict[str, str], cfg: TrainConfig, wcfg: WarmupConfig,
                  tokenizer) -> tuple[list, dict[str, str], dict[str, str]]:
     """Kept completions as fine-tuned on (learner/sft.py): with `trim_cut_reasoning`, a reasoning the
     grammar cut at its cap is closed after its last complete sentence; with `canonical_answer`, the
@@ -244,18 +309,17 @@ def rewrite_kept(kept: Sequence, scored: Sequence, task_of: dict[str, str], cfg:
     from deepretrieval.learner.sft import canonical_answer, trim_cut_reasoning
 
     specs = task_specs(cfg)
-    completion = {s.rollout.uid: s.rollout.completion for s in scored}
     special = set(tokenizer.all_special_ids)
     out, trimmed, targets = [], {}, {}
     for c in kept:
         fmt = specs[task_of[c.prompt_uid]].answer
-        text = completion[c.uid]
+        text = c.completion
         cut = trim_cut_reasoning(text, fmt) if wcfg.trim_cut_reasoning and c.forced_close else None
         if cut is not None:
             trimmed[c.uid] = text = cut
         if wcfg.canonical_answer:
             text = canonical_answer(text, fmt) or text
-        if text == completion[c.uid]:
+        if text == c.completion:
             out.append(c)
             continue
         end = len(c.response_ids)
@@ -331,8 +395,13 @@ class EpochSelection:
         return {"selected_epoch": self.best, "format_ok_by_epoch": self.by_epoch, "format_errors_by_epoch": self.errors_by_epoch}
 
 
-def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
+def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None, from_candidates: Path | None = None) -> dict:
     """Run the warm-up for a prepared run (`launcher.prepare_run`, a Redis URL in `cfg.transport`).
+
+    With `from_candidates` (a `candidates.jsonl` of an earlier warm-up of the same prompts), nothing is
+    sampled or searched: its scored completions go through the rejection filter and SFT of this
+    config (`keep_ties`, `canonical_answer`, `epochs`, `lr`, ...), so SFT settings can be compared on
+    the same candidates, or retried without spending the search APIs' quota again.
 
     Returns:
         the report, also written to runs/<run>/warmup/warmup.json: format_ok_before,
@@ -363,11 +432,16 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
             before, before_errors = format_ok_share(engine, tokenizer, held, cfg, wcfg.format_samples_before or wcfg.format_samples)
         log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
 
-        candidates, scored, baseline, kept, unavailable, score_busy_s = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, clock)
-        train = draw.drawn
+        if from_candidates is None:
+            candidates, baseline, kept, unavailable, score_busy_s = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, clock)
+            train, rounds = draw.drawn, draw.rounds
+        else:
+            train, candidates, baseline = read_candidates(from_candidates, pool, tokenizer)
+            kept = keep_best(candidates, baseline, wcfg)
+            unavailable, score_busy_s, rounds = sum(c.status == "unavailable" for c in candidates), 0.0, 0
         task_of = {p.uid: p.task for p in train}
-        kept, trimmed, targets = rewrite_kept(kept, scored, task_of, cfg, wcfg, tokenizer)
-        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, scored, baseline, kept, trimmed, targets)
+        kept, trimmed, targets = rewrite_kept(kept, task_of, cfg, wcfg, tokenizer)
+        per_task = write_candidates(out_dir.parent / CANDIDATES_NAME, train, candidates, baseline, kept, trimmed, targets)
         log.info("warm-up: kept %d of %d prompts (%d candidates, %d trimmed, %d rewritten)", len(kept), len(train), len(candidates),
                  len(trimmed), len(targets))
 
@@ -391,13 +465,14 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None) -> dict:
     report = {"format_ok_before": before, "format_ok_after": after,
               "format_errors_before": before_errors, "format_errors_after": after_errors, "kept": len(kept),
               "kept_beating": sum(c.reward > baseline[c.prompt_uid] + wcfg.margin for c in kept),
-              "kept_forced_close": sum(c.forced_close for c in kept), "kept_neutral": sum(c.neutral for c in kept), "kept_trimmed": len(trimmed), "kept_rewritten": len(targets), "prompts": len(train), "rounds": draw.rounds,
+              "kept_forced_close": sum(c.forced_close for c in kept), "kept_neutral": sum(c.neutral for c in kept), "kept_trimmed": len(trimmed), "kept_rewritten": len(targets), "prompts": len(train), "rounds": rounds,
               "heldout_prompts": len(held), "select_prompts": len(select), "candidates": len(candidates), "constrained_format_ok": constrained_ok,
               "baseline_reward_mean": sum(baseline.values()) / max(1, len(baseline)),
               "kept_reward_mean": sum(c.reward for c in kept) / max(1, len(kept)),
               "per_task": per_task, "unavailable": unavailable,
               **sft, "seconds": time.perf_counter() - t0, "stages_s": clock.seconds, "score_busy_s": score_busy_s, "policy": str(out_dir),
-              "base_model": str(model_dir), "cpu": describe_cpu(), "config": wcfg.model_dump()}
+              "base_model": str(model_dir), "cpu": describe_cpu(), "config": wcfg.model_dump(),
+              "from_candidates": None if from_candidates is None else str(from_candidates)}
     (out_dir.parent / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str))
     log.info("warm-up: format ok %.3f -> %.3f (failures after: %s), %d kept, %.0f s", before, after, after_errors or "none",
              len(kept), report["seconds"])

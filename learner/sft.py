@@ -42,6 +42,8 @@ class Candidate:
             the only token left to write, not the model's choice.
         neutral: its answer adds nothing to the search (`QueryComposition.adds_nothing`): as good
             as the request by construction, not by luck.
+        completion: the sampled text.
+        status: the rewarder's verdict ("ok", "invalid", "unavailable"; `Scored.status`).
     """
 
     prompt_uid: str
@@ -52,6 +54,8 @@ class Candidate:
     format_ok: bool
     forced_close: bool = False
     neutral: bool = False
+    completion: str = ""
+    status: str = ""
 
 
 def _preference(c: Candidate, prefer_natural_close: bool) -> tuple:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from deepretrieval.common.answer_format import AnswerFormat, parse_answer, render_answer
 from deepretrieval.common.answer_grammar import PROSE_EXCLUDED
 from deepretrieval.deploy.cli import main
@@ -100,3 +102,58 @@ warmup: {{prompts: 12, min_kept_per_task: 12, batch_prompts: 6, samples_per_prom
     policy = tmp_path / "runs" / "warm" / "warmup" / "policy"
     assert (policy / "model.safetensors").is_file() and (policy / "tokenizer.json").is_file()
     assert sorted(p.name for p in policy.parent.iterdir() if p.name.startswith("policy")) == ["policy"]
+
+    # The same candidates fine-tuned on again under other SFT settings, sampling and searching nothing
+    # (`--from-candidates`): the filter keeps the same completions, and only the SFT changes.
+    replay_out = tmp_path / "replay.json"
+    source = tmp_path / "runs" / "warm" / "warmup" / "candidates.jsonl"
+    assert main(["warmup", "--config", str(config), "--json", str(replay_out), "--from-candidates", str(source), "--set", "run=replay",
+                 "--set", "warmup.canonical_answer=false", "--set", "warmup.epochs=4", "--set", "warmup.select_epochs=[2,4]"]) == 0
+    replay = json.loads(replay_out.read_text())
+    assert replay["from_candidates"] == str(source) and replay["rounds"] == 0 and replay["score_busy_s"] == 0
+    assert "sample_s" not in replay["stages_s"] and "score_s" not in replay["stages_s"]
+    assert (replay["prompts"], replay["candidates"], replay["kept"], replay["kept_trimmed"]) == \
+        (report["prompts"], report["candidates"], report["kept"], report["kept_trimmed"])
+    assert replay["sft_steps"] * 2 == report["sft_steps"] and sorted(replay["format_ok_by_epoch"]) == ["2", "4"]
+    replayed = [json.loads(line) for line in (tmp_path / "runs" / "replay" / "warmup" / "candidates.jsonl").read_text().splitlines()]
+    same = ("prompt_uid", "completion", "status", "reward", "original_reward", "forced_close", "neutral", "kept", "trimmed")
+    assert [{k: r[k] for k in same} for r in replayed] == [{k: r[k] for k in same} for r in rows]
+    # Without canonical_answer only the trimmed completions are fine-tuned on as rewritten.
+    assert all(r["sft_text"] == r["trimmed"] for r in replayed) and replay["kept_rewritten"] == replay["kept_trimmed"]
+    assert (tmp_path / "runs" / "replay" / "warmup" / "policy" / "model.safetensors").is_file()
+
+
+def test_read_candidates_rebuilds_token_ids_and_names_the_row_it_cannot_use(tmp_path, policy_dir):
+    from transformers import AutoTokenizer
+
+    from deepretrieval.common.chat import build_prompt_ids
+    from deepretrieval.common.errors import ConfigError
+    from deepretrieval.common.wire import Prompt
+    from deepretrieval.deploy.warmup import read_candidates
+
+    tok = AutoTokenizer.from_pretrained(str(policy_dir))
+    prompts = [Prompt(uid=f"p{i}", task="sparse", dataset="scifact", request=f"claim {i}",
+                      messages=[{"role": "user", "content": f"Rewrite claim {i}."}], prefill="<think>", target={}, split="train")
+               for i in range(2)]
+    ok = "short.</think>\n<answer>\n{\"query\": \"claim one\"}\n</answer>"
+    row = {"task": "sparse", "prompt_uid": "p1", "request": "claim 1", "completion": ok, "status": "ok", "reward": 0.5,
+           "original_reward": 0.25, "forced_close": False, "neutral": False, "kept": True, "trimmed": None, "sft_text": None}
+    path = tmp_path / "candidates.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (row, {**row, "completion": "no tags", "status": "invalid", "reward": -1.0},
+                                                       {**row, "prompt_uid": "p0", "original_reward": None, "status": "unavailable",
+                                                        "reward": None})) + "\n")
+    drawn, candidates, baseline = read_candidates(path, prompts, tok)
+    assert [p.uid for p in drawn] == ["p1", "p0"] and baseline == {"p1": 0.25}
+    first, broken, unavailable = candidates
+    assert list(first.prompt_ids) == build_prompt_ids(tok, prompts[1].messages, "<think>")
+    assert list(first.response_ids) == tok(ok, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert tok.decode(first.response_ids, skip_special_tokens=True) == ok and first.format_ok and first.reward == 0.5
+    assert not broken.format_ok and broken.response_ids[-1] != tok.eos_token_id and unavailable.reward is None
+    assert len({c.uid for c in candidates}) == 3
+    for text, match in (("", "holds no candidate"), ("{not json\n", r"candidates.jsonl:1: not a warm-up candidate row"),
+                        (json.dumps({**row, "prompt_uid": "p9"}), r":1: prompt 'p9' is not among this run's warm-up train prompts")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            read_candidates(path, prompts, tok)
+    with pytest.raises(ConfigError, match="no such file"):
+        read_candidates(tmp_path / "missing.jsonl", prompts, tok)
