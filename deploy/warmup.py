@@ -181,8 +181,8 @@ def read_candidates(path: Path, prompts: Sequence[Prompt], tokenizer) -> tuple[l
         if uid not in by_uid:
             raise ConfigError(f"{path}:{n}: prompt {uid!r} is not among this run's warm-up train prompts (another run's candidates, "
                               "other tasks, or a different warmup.seed / heldout_prompts / select_prompts put it in a held-out set)")
-        prompt = drawn.setdefault(uid, by_uid[uid])
-        if uid not in prompt_ids:
+        if uid not in drawn:
+            drawn[uid] = prompt = by_uid[uid]
             prompt_ids[uid] = build_prompt_ids(tokenizer, prompt.messages, prompt.prefill)
         if original is not None:
             baseline[uid] = float(original)
@@ -190,8 +190,8 @@ def read_candidates(path: Path, prompts: Sequence[Prompt], tokenizer) -> tuple[l
         if status == "ok":
             response.append(tokenizer.eos_token_id)
         candidates.append(Candidate(prompt_uid=uid, uid=f"{uid}/{n}", prompt_ids=prompt_ids[uid], response_ids=response,
-                                    reward=None if reward is None else float(reward), format_ok=status == "ok",
-                                    forced_close=forced_close, neutral=neutral, completion=completion, status=status))
+                                    reward=None if reward is None else float(reward), status=status,
+                                    forced_close=forced_close, neutral=neutral, completion=completion))
     if not candidates:
         raise ConfigError(f"--from-candidates {path}: the file holds no candidate")
     return list(drawn.values()), candidates, baseline
@@ -264,10 +264,10 @@ def _sample_and_select(engine, tokenizer, draw, cfg: TrainConfig, wcfg: WarmupCo
             prompt = prompt_of[s.rollout.prompt_uid]
             spec = specs[prompt.task]
             fresh.append(Candidate(prompt_uid=s.rollout.prompt_uid, uid=s.rollout.uid, prompt_ids=s.rollout.prompt_token_ids,
-                                   response_ids=s.rollout.response_token_ids, reward=s.reward, format_ok=s.status == "ok",
+                                   response_ids=s.rollout.response_token_ids, reward=s.reward, status=s.status,
                                    forced_close=closed_at_cap(s.rollout.completion, spec.answer, wcfg.max_reasoning_chars),
                                    neutral=s.status == "ok" and spec.query.adds_nothing(prompt.request, s.query),
-                                   completion=s.rollout.completion, status=s.status))
+                                   completion=s.rollout.completion))
         candidates.extend(fresh)
         # Each prompt is drawn in one round only, so the filter needs only this round's candidates.
         kept.extend(keep_best(fresh, baseline, wcfg))
@@ -424,7 +424,6 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None, from_candidat
     out_dir = warm_policy_dir(cfg)
     pool, held, select = split_prompts(list(PromptBook.from_files(prompt_files(cfg))), wcfg.heldout_prompts, wcfg.seed,
                                        wcfg.select_prompts if wcfg.select_epochs else 0)
-    draw = PromptDraw(pool, budget=wcfg.prompts, min_kept_per_task=wcfg.min_kept_per_task, batch=wcfg.batch_prompts)
     engine = make_engine(model_dir, on_cores(cfg.actors.engine, wcfg.cpu_threads_bind), cfg.model.dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     try:
@@ -433,6 +432,7 @@ def run_warmup(cfg: TrainConfig, wcfg: WarmupConfig | None = None, from_candidat
         log.info("warm-up: free-sampling format ok before %.3f on %d held-out prompts", before, len(held))
 
         if from_candidates is None:
+            draw = PromptDraw(pool, budget=wcfg.prompts, min_kept_per_task=wcfg.min_kept_per_task, batch=wcfg.batch_prompts)
             candidates, baseline, kept, unavailable, score_busy_s = _sample_and_select(engine, tokenizer, draw, cfg, wcfg, clock)
             train, rounds = draw.drawn, draw.rounds
         else:

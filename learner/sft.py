@@ -37,13 +37,12 @@ class Candidate:
         prompt_ids: [P] the chat-templated prompt (prefill included).
         response_ids: [T] the completion's tokens.
         reward: its reward; None when the backend could not answer (never kept).
-        format_ok: whether the completion parsed.
+        status: the rewarder's verdict ("ok", "invalid", "unavailable"; `Scored.status`).
         forced_close: the sampling grammar ended the reasoning at its length cap: `</think>` was
             the only token left to write, not the model's choice.
         neutral: its answer adds nothing to the search (`QueryComposition.adds_nothing`): as good
             as the request by construction, not by luck.
         completion: the sampled text.
-        status: the rewarder's verdict ("ok", "invalid", "unavailable"; `Scored.status`).
     """
 
     prompt_uid: str
@@ -51,11 +50,15 @@ class Candidate:
     prompt_ids: Sequence[int]
     response_ids: Sequence[int]
     reward: float | None
-    format_ok: bool
+    status: str
     forced_close: bool = False
     neutral: bool = False
     completion: str = ""
-    status: str = ""
+
+    @property
+    def format_ok(self) -> bool:
+        """Whether the completion parsed and was searched (status "ok")."""
+        return self.status == "ok"
 
 
 def _preference(c: Candidate, prefer_natural_close: bool) -> tuple:

@@ -15,7 +15,7 @@ from deepretrieval.learner.trainer import Trainer
 
 
 def _c(prompt: str, uid: str, reward: float | None, ok: bool = True, *, forced: bool = False, tokens: int = 3, neutral: bool = False) -> Candidate:
-    return Candidate(prompt_uid=prompt, uid=uid, prompt_ids=[5, 6], response_ids=[7] * (tokens - 1) + [2], reward=reward, format_ok=ok,
+    return Candidate(prompt_uid=prompt, uid=uid, prompt_ids=[5, 6], response_ids=[7] * (tokens - 1) + [2], reward=reward, status="ok" if ok else "invalid",
                      forced_close=forced, neutral=neutral)
 
 
@@ -148,7 +148,7 @@ def test_sft_loss_is_the_token_mean_nll_and_its_gradient_is_minus_one_over_token
 def test_sft_steps_raise_the_likelihood_of_the_kept_completions(tiny_model):
     rng = np.random.default_rng(0)
     kept = [Candidate(prompt_uid=f"p{i}", uid=f"u{i}", prompt_ids=rng.integers(3, 128, 6).tolist(),
-                      response_ids=rng.integers(3, 128, 5).tolist() + [2], reward=1.0, format_ok=True) for i in range(4)]
+                      response_ids=rng.integers(3, 128, 5).tolist() + [2], reward=1.0, status="ok") for i in range(4)]
     samples = sft_samples(kept)
     assert all(not s.restricted and s.temperature == 1.0 for s in samples)
     trainer = Trainer(tiny_model, LearnerConfig(micro_batch_seqs=3, optim={"lr": 3e-3}))
