@@ -84,6 +84,20 @@ class RayConfig(StrictModel):
     placement: PlacementConfig = Field(default_factory=PlacementConfig, description="Ray resources each role reserves (pins roles to worker groups on a cluster).")
 
 
+class TimeBudgetConfig(StrictModel):
+    """A wall-time bound on the stages a run needs (setup, warm-up, RL, final evaluation).
+
+    RL stops early, as on Ctrl-C (the learner commits a checkpoint), once what is left would not
+    hold the final evaluation and the margin. The evaluations of the untrained and the warmed-up
+    policy (`eval_before_after`) only show where learning started and are not counted.
+    """
+
+    minutes: float = Field(gt=0, description="The bound, in minutes.")
+    margin_s: float = Field(60.0, ge=0, description="Kept free for stopping the workers (the learner finishes its step) and writing the reports, in s.")
+    final_eval_s: float | None = Field(None, gt=0, description="Reserved for the final held-out evaluation, in s; None = as long as this run's evaluation of the "
+                                                            "warmed-up policy took (else of the untrained one; 0 when neither ran). Ignored without eval_before_after.")
+
+
 class TrainConfig(StrictModel):
     """One training run."""
 
@@ -105,6 +119,7 @@ class TrainConfig(StrictModel):
     eval_every: int | None = Field(None, ge=1, description="Evaluate the published policy on each task's eval_split every this many learner steps, in the background (evals.jsonl, plotted); None = only before/after.")
     eval_every_max_queries: int = Field(32, ge=1, description="Held-out requests per task in each periodic evaluation (kept small: it shares the machine with training).")
     warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Format warm-up (rejection-sampling fine-tuning) before RL; `deepretrieval warmup` runs it alone.")
+    time_budget: TimeBudgetConfig | None = Field(None, description="Stop RL early so the run's budgeted stages fit this wall time; None = train max_steps whatever it takes.")
 
     @property
     def max_in_flight_groups(self) -> int:

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     result = launch(cfg)
     stages = ", ".join(f"{k.removesuffix('_s')} {v:.0f}s" for k, v in result.stages_s.items())
     print(f"run {cfg.run}: {result.learner.get('steps')} steps in {result.seconds:.0f}s ({stages}) -> {result.run_dir}"
-          + (" (interrupted; checkpoint saved)" if result.interrupted else ""))
+          + (" (interrupted; checkpoint saved)" if result.interrupted else "")
+          + (f" (stopped by the time budget before max_steps={cfg.max_steps})" if result.stopped_by_budget else ""))
     if result.learning:
         from deepretrieval.deploy.run_eval import learning_lines
 

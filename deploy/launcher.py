@@ -23,15 +23,11 @@ from deepretrieval.common.signals import keep_sigsegv_handler
 from deepretrieval.common.stopwatch import Stopwatch
 from deepretrieval.common.train_config import RolePlacement, TrainConfig
 from deepretrieval.deploy.periodic_eval import PeriodicEval
+from deepretrieval.deploy.run_budget import RLDeadline, budgeted_seconds
 from deepretrieval.deploy.services import run_services
 from deepretrieval.deploy.workers import ActorWorker, LearnerWorker, RewarderWorker
 
 log = logging.getLogger(__name__)
-
-#: Stages `RunResult.budgeted_s` leaves out: the held-out evaluations of the untrained and the
-#: warmed-up policy, which only show where the learning started (the final evaluation counts).
-SHOWCASE_STAGES = frozenset({"eval_before_s", "eval_warmup_s"})
-
 
 @dataclass
 class RunResult:
@@ -43,6 +39,8 @@ class RunResult:
     actors: list[dict] = field(default_factory=list)
     rewarders: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    #: RL stopped before max_steps because the config's `time_budget` would not hold more.
+    stopped_by_budget: bool = False
     restarts: dict[str, int] = field(default_factory=dict)
     stages_s: dict[str, float] = field(default_factory=dict)
     #: Per task, the held-out metric at each stage (`run_eval.learning_table`); empty without `eval_before_after`.
@@ -52,7 +50,7 @@ class RunResult:
     def budgeted_s(self) -> float:
         """Seconds of the stages a run needs (setup, warm-up, RL, final evaluation): all but the
         evaluations that only show the untrained and warmed-up policies (`eval_before_after`)."""
-        return sum(v for k, v in self.stages_s.items() if k not in SHOWCASE_STAGES)
+        return budgeted_seconds(self.stages_s)
 
 
 def prepare_run(cfg: TrainConfig) -> None:
@@ -243,7 +241,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         cfg = services.enter_context(run_services(cfg))
     if cfg.trace_file is None:
         cfg = cfg.model_copy(update={"trace_file": cfg.run_dir / "traces.jsonl"})
-    interrupted = False
+    interrupted = stopped_by_budget = False
     try:
         with clock.stage("setup_s"):
             prepare_run(cfg)
@@ -258,6 +256,8 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         if cfg.warmup.enabled:
             cfg = warm_start(cfg, clock)
         rl_mark = time.perf_counter()
+        deadline = (None if cfg.time_budget is None
+                    else RLDeadline.plan(cfg.time_budget, clock.seconds, final_eval=cfg.eval_before_after))
         ray = _ray_init(cfg)
         place = cfg.ray.placement
         roles = ([_Role("learner", LearnerWorker, 0, place.learner)]
@@ -278,6 +278,11 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
                     role = sup.check(done[0])
                     if role.name == "learner" and role.ref == done[0]:
                         break
+                if deadline is not None and deadline.spent(time.perf_counter() - rl_mark):
+                    stopped_by_budget = True
+                    log.warning("time budget: RL has used its %.0f s; stopping the workers (%.0f s kept for the final "
+                                "evaluation and the margin)", deadline.rl_s, deadline.reserved_s)
+                    break
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: stopping workers; the learner commits a checkpoint")
@@ -285,7 +290,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
             progress.close()
             for r in sup.roles:
                 r.handle.stop.remote()
-            evals.close(wait=not interrupted)
+            evals.close(wait=not (interrupted or stopped_by_budget))
         outs = {id(r): ray.get(r.ref, timeout=300) for r in sup.roles}
         with keep_sigsegv_handler():  # ray.shutdown() resets SIGSEGV to the default action
             ray.shutdown()
@@ -305,7 +310,8 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
                 evaluate_policy(cfg, final, "after")  # API tasks need the run's Redis and emulator: still up here
     finally:
         services.close()
-    result = RunResult(cfg.run_dir, time.monotonic() - t0, interrupted=interrupted, stages_s=clock.seconds, **reports)
+    result = RunResult(cfg.run_dir, time.monotonic() - t0, interrupted=interrupted, stopped_by_budget=stopped_by_budget,
+                       stages_s=clock.seconds, **reports)
     _finish(cfg, result)
     return result
 
@@ -313,7 +319,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
 def _finish(cfg: TrainConfig, result: RunResult) -> None:
     """Plots and a summary next to the metrics; fills `result.learning`."""
     summary = {"run": cfg.run, "mode": cfg.mode, "seconds": result.seconds, "stages_s": result.stages_s,
-               "budgeted_s": result.budgeted_s, "interrupted": result.interrupted,
+               "budgeted_s": result.budgeted_s, "interrupted": result.interrupted, "stopped_by_budget": result.stopped_by_budget,
                "restarts": result.restarts,
                "learner": result.learner, "actors": result.actors, "rewarders": result.rewarders}
     if cfg.eval_before_after:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +10,6 @@ from deepretrieval.common import trace_names as names
 from deepretrieval.common.trace_file import read_trace_file
 from deepretrieval.common.trace_summary import summarize
 from deepretrieval.deploy.cli import main
-from deepretrieval.deploy.launcher import RunResult
 
 
 def test_short_run_trains_checkpoints_publishes_and_traces(tmp_path, data_root, index_root, policy_dir):
@@ -80,13 +78,6 @@ def _assert_one_trace_per_sample(trace_file, trained_uids: set[str]) -> None:
     assert summary.traces.complete == len(searched_and_trained)
 
 
-def test_the_budget_leaves_out_only_the_showcase_evaluations():
-    stages = {"setup_s": 60.0, "eval_before_s": 120.0, "warmup_s": 600.0, "eval_warmup_s": 80.0, "rl_s": 400.0, "eval_after_s": 80.0}
-    result = RunResult(Path("run"), 1345.0, {}, stages_s=stages)
-    assert result.budgeted_s == 60.0 + 600.0 + 400.0 + 80.0
-
-
-
 def test_learning_table_has_each_stage_against_the_original_queries_query_by_query(tmp_path):
     """learning.json: per task the original's metric, each stage's, and each stage's paired comparison when its eval has one."""
     from deepretrieval.deploy.run_eval import learning_table
@@ -111,3 +102,34 @@ def test_learning_table_has_each_stage_against_the_original_queries_query_by_que
         "  rl against the original, per request: +0.1000 [+0.0000, +0.2000] p=0.500; better 2, worse 0, equal 1 of 3",
         "pubmed recall@100 on 3 held-out requests: original 0.1000, rl 0.4000",
         "  rl against the original, per request: +0.1000 [+0.0000, +0.2000] p=0.500; better 2, worse 0, equal 1 of 3"]
+
+
+def test_a_time_budget_stops_rl_early_and_keeps_time_for_the_final_evaluation(tmp_path, data_root, index_root, policy_dir):
+    """max_steps is out of reach: RL stops when the budget, less the final evaluation's reserve, is spent."""
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+run: budget
+max_steps: 500
+eval_before_after: true
+time_budget: {{minutes: 1.25, margin_s: 5}}
+paths: {{data_root: {data_root}, index_dir: {index_root}, runs_dir: {tmp_path / 'runs'}}}
+model: {{name_or_path: {policy_dir}}}
+tasks:
+  - {{task: sparse, dataset: scifact, max_prompts: 64, eval_split: test, eval_max_queries: 2, backend: {{type: bm25, dataset: scifact}}, k: 50}}
+sampling: {{n: 2, temperature: 1.0, max_new_tokens: 24}}
+actors: {{engine: {{type: hf}}, groups_per_batch: 2}}
+learner: {{groups_per_step: 2, max_staleness: 1, checkpoint_every: 5, micro_batch_seqs: 4}}
+""")
+    assert main(["train", "--config", str(config)]) == 0
+    summary = json.loads((tmp_path / "runs" / "budget" / "summary.json").read_text())
+    stages = summary["stages_s"]
+    assert summary["stopped_by_budget"] and not summary["interrupted"]
+    assert 1 <= summary["learner"]["steps"] < 500
+    # RL had 75 s less setup, the untrained policy's evaluation (standing in for the final one) and
+    # the margin; the workers stop within a step of the deadline
+    rl_share = 75.0 - stages["setup_s"] - stages["eval_before_s"] - 5.0
+    assert rl_share - 1.0 <= stages["rl_s"] <= rl_share + 30.0
+    # ... and the final evaluation of the last published policy ran
+    after = json.loads((tmp_path / "runs" / "budget" / "eval-after.json").read_text())
+    assert after["sparse"]["queries"] == 2
+    assert summary["budgeted_s"] == pytest.approx(stages["setup_s"] + stages["rl_s"] + stages["eval_after_s"])
