@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -41,6 +41,8 @@ class RunResult:
     interrupted: bool = False
     #: RL stopped before max_steps because the config's `time_budget` would not hold more.
     stopped_by_budget: bool = False
+    #: The RL share of the config's `time_budget`, as planned when RL started; None without one.
+    deadline: RLDeadline | None = None
     restarts: dict[str, int] = field(default_factory=dict)
     stages_s: dict[str, float] = field(default_factory=dict)
     #: Per task, the held-out metric at each stage (`run_eval.learning_table`); empty without `eval_before_after`.
@@ -242,6 +244,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
     if cfg.trace_file is None:
         cfg = cfg.model_copy(update={"trace_file": cfg.run_dir / "traces.jsonl"})
     interrupted = stopped_by_budget = False
+    deadline = None
     try:
         with clock.stage("setup_s"):
             prepare_run(cfg)
@@ -311,7 +314,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
     finally:
         services.close()
     result = RunResult(cfg.run_dir, time.monotonic() - t0, interrupted=interrupted, stopped_by_budget=stopped_by_budget,
-                       stages_s=clock.seconds, **reports)
+                       deadline=deadline, stages_s=clock.seconds, **reports)
     _finish(cfg, result)
     return result
 
@@ -320,6 +323,7 @@ def _finish(cfg: TrainConfig, result: RunResult) -> None:
     """Plots and a summary next to the metrics; fills `result.learning`."""
     summary = {"run": cfg.run, "mode": cfg.mode, "seconds": result.seconds, "stages_s": result.stages_s,
                "budgeted_s": result.budgeted_s, "interrupted": result.interrupted, "stopped_by_budget": result.stopped_by_budget,
+               "time_budget": None if result.deadline is None else {"minutes": cfg.time_budget.minutes, **asdict(result.deadline)},
                "restarts": result.restarts,
                "learner": result.learner, "actors": result.actors, "rewarders": result.rewarders}
     if cfg.eval_before_after:
