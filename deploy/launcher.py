@@ -29,6 +29,7 @@ from deepretrieval.deploy.workers import ActorWorker, LearnerWorker, RewarderWor
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class RunResult:
     """What a finished run reports."""
