@@ -229,6 +229,55 @@ class Supervisor:
         return list(self._live_calls([r for r in self.roles if r.name == name], "stats").values())  # type: ignore[arg-type]
 
 
+def _run_rl(cfg: TrainConfig, deadline: RLDeadline | None, rl_mark: float, on_tick) -> tuple[dict, bool, bool]:
+    """Ray, the learner, the rewarder fleet and the actor pool until the learner ends, Ctrl-C, or
+    the time budget's RL share (counted from `rl_mark`) is spent.
+
+    Returns what every worker reported, whether Ctrl-C stopped it, and whether the budget did.
+    """
+    interrupted = stopped_by_budget = False
+    ray = _ray_init(cfg)
+    place = cfg.ray.placement
+    roles = ([_Role("learner", LearnerWorker, 0, place.learner)]
+             + [_Role("rewarder", RewarderWorker, i, place.rewarder) for i in range(cfg.rewarders.processes)]
+             + [_Role("actor", ActorWorker, i, place.actor) for i in range(cfg.actors.processes)])
+    sup = Supervisor(ray, cfg.model_dump_json(), roles)
+    progress = _Progress(cfg)
+    evals = PeriodicEval(cfg)
+    try:
+        while True:
+            done, _ = ray.wait([r.ref for r in sup.roles], timeout=1.0, num_returns=1)
+            api_calls = sum(s.get("api_calls", 0) for s in sup.stats("rewarder"))
+            progress.update(api_calls)
+            evals.poll()
+            if on_tick is not None:
+                on_tick(sup)
+            if done:
+                role = sup.check(done[0])
+                if role.name == "learner" and role.ref == done[0]:
+                    break
+            if deadline is not None and deadline.spent(time.perf_counter() - rl_mark):
+                stopped_by_budget = True
+                log.warning("time budget: RL has used its %.0f s; stopping the workers (%.0f s kept for the final "
+                            "evaluation and the margin)", deadline.rl_s, deadline.reserved_s)
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: stopping workers; the learner commits a checkpoint")
+    finally:
+        progress.close()
+        for r in sup.roles:
+            r.handle.stop.remote()
+        evals.close(wait=not (interrupted or stopped_by_budget))
+    outs = {id(r): ray.get(r.ref, timeout=300) for r in sup.roles}
+    with keep_sigsegv_handler():  # ray.shutdown() resets SIGSEGV to the default action
+        ray.shutdown()
+    by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
+    reports = {"learner": by("learner")[0], "actors": by("actor"), "rewarders": by("rewarder"),
+               "restarts": {f"{r.name}-{r.index}": r.restarts for r in sup.roles}}
+    return reports, interrupted, stopped_by_budget
+
+
 def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
     """Run training end to end and return what every worker reported.
 
@@ -244,8 +293,6 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         cfg = services.enter_context(run_services(cfg))
     if cfg.trace_file is None:
         cfg = cfg.model_copy(update={"trace_file": cfg.run_dir / "traces.jsonl"})
-    interrupted = stopped_by_budget = False
-    deadline = None
     try:
         with clock.stage("setup_s"):
             prepare_run(cfg)
@@ -262,48 +309,14 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         rl_mark = time.perf_counter()
         deadline = (None if cfg.time_budget is None
                     else RLDeadline.plan(cfg.time_budget, clock.seconds, final_eval=cfg.eval_before_after))
-        ray = _ray_init(cfg)
-        place = cfg.ray.placement
-        roles = ([_Role("learner", LearnerWorker, 0, place.learner)]
-                 + [_Role("rewarder", RewarderWorker, i, place.rewarder) for i in range(cfg.rewarders.processes)]
-                 + [_Role("actor", ActorWorker, i, place.actor) for i in range(cfg.actors.processes)])
-        sup = Supervisor(ray, cfg.model_dump_json(), roles)
-        progress = _Progress(cfg)
-        evals = PeriodicEval(cfg)
-        try:
-            while True:
-                done, _ = ray.wait([r.ref for r in sup.roles], timeout=1.0, num_returns=1)
-                api_calls = sum(s.get("api_calls", 0) for s in sup.stats("rewarder"))
-                progress.update(api_calls)
-                evals.poll()
-                if on_tick is not None:
-                    on_tick(sup)
-                if done:
-                    role = sup.check(done[0])
-                    if role.name == "learner" and role.ref == done[0]:
-                        break
-                if deadline is not None and deadline.spent(time.perf_counter() - rl_mark):
-                    stopped_by_budget = True
-                    log.warning("time budget: RL has used its %.0f s; stopping the workers (%.0f s kept for the final "
-                                "evaluation and the margin)", deadline.rl_s, deadline.reserved_s)
-                    break
-        except KeyboardInterrupt:
-            interrupted = True
-            log.warning("interrupted: stopping workers; the learner commits a checkpoint")
-        finally:
-            progress.close()
-            for r in sup.roles:
-                r.handle.stop.remote()
-            evals.close(wait=not (interrupted or stopped_by_budget))
-        outs = {id(r): ray.get(r.ref, timeout=300) for r in sup.roles}
-        with keep_sigsegv_handler():  # ray.shutdown() resets SIGSEGV to the default action
-            ray.shutdown()
+        if deadline is not None and deadline.rl_s <= 0:
+            interrupted, stopped_by_budget = False, True  # RLDeadline.plan warned: no worker starts for a share of nothing
+            reports = {"learner": {"steps": 0, "policy_version": 0}, "actors": [], "rewarders": [], "restarts": {}}
+        else:
+            reports, interrupted, stopped_by_budget = _run_rl(cfg, deadline, rl_mark, on_tick)
         clock.add("rl_s", time.perf_counter() - rl_mark)
         if on_end is not None:
             on_end(cfg.transport.url)
-        by = lambda name: [outs[id(r)] for r in sup.roles if r.name == name]  # noqa: E731
-        reports = {"learner": by("learner")[0], "actors": by("actor"), "rewarders": by("rewarder"),
-                   "restarts": {f"{r.name}-{r.index}": r.restarts for r in sup.roles}}
         from deepretrieval.learner.weight_sync import version_dir_name
 
         final = cfg.run_dir / "weights" / version_dir_name(int(reports["learner"].get("policy_version", 0)))
@@ -333,6 +346,8 @@ def _finish(cfg: TrainConfig, result: RunResult) -> None:
         result.learning = learning_table(cfg.run_dir)
         summary["learning"] = result.learning
     (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if not (cfg.run_dir / "metrics.jsonl").is_file():
+        return  # no step ever trained (a budget spent before RL, Ctrl-C before the first step): nothing to plot
     try:
         from deepretrieval.learner.plots import plot_metrics
 

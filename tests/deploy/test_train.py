@@ -135,3 +135,23 @@ learner: {{groups_per_step: 2, max_staleness: 1, checkpoint_every: 5, micro_batc
     after = json.loads((tmp_path / "runs" / "budget" / "eval-after.json").read_text())
     assert after["sparse"]["queries"] == 2
     assert summary["budgeted_s"] == pytest.approx(stages["setup_s"] + stages["rl_s"] + stages["eval_after_s"])
+
+
+def test_a_budget_spent_before_rl_starts_no_worker_and_says_so(tmp_path, data_root, index_root, policy_dir, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""
+run: spent
+max_steps: 5
+time_budget: {{minutes: 0.5, margin_s: 60}}
+paths: {{data_root: {data_root}, index_dir: {index_root}, runs_dir: {tmp_path / 'runs'}}}
+model: {{name_or_path: {policy_dir}}}
+tasks:
+  - {{task: sparse, dataset: scifact, max_prompts: 8, backend: {{type: bm25, dataset: scifact}}, k: 50}}
+actors: {{engine: {{type: hf}}}}
+""")
+    assert main(["train", "--config", str(config)]) == 0
+    summary = json.loads((tmp_path / "runs" / "spent" / "summary.json").read_text())
+    assert summary["stopped_by_budget"] and summary["time_budget"]["rl_s"] == 0.0
+    assert summary["learner"]["steps"] == 0 and summary["actors"] == [] and summary["rewarders"] == []
+    assert summary["stages_s"]["rl_s"] < 1.0  # no Ray, no engine, no learner was started for a share of nothing
+    assert "stopped by the time budget before max_steps=5" in capsys.readouterr().out
