@@ -233,8 +233,11 @@ def _run_rl(cfg: TrainConfig, deadline: RLDeadline | None, rl_mark: float, on_ti
     """Ray, the learner, the rewarder fleet and the actor pool until the learner ends, Ctrl-C, or
     the time budget's RL share (counted from `rl_mark`) is spent.
 
-    Returns what every worker reported, whether Ctrl-C stopped it, and whether the budget did.
+    Returns what every worker reported, whether Ctrl-C stopped it, and whether the budget did. A
+    budget that left RL nothing starts no worker (`RLDeadline.plan` warned).
     """
+    if deadline is not None and deadline.spent(0.0):
+        return {"learner": {"steps": 0, "policy_version": 0}, "actors": [], "rewarders": [], "restarts": {}}, False, True
     interrupted = stopped_by_budget = False
     ray = _ray_init(cfg)
     place = cfg.ray.placement
@@ -309,11 +312,7 @@ def launch(cfg: TrainConfig, on_tick=None, on_end=None) -> RunResult:
         rl_mark = time.perf_counter()
         deadline = (None if cfg.time_budget is None
                     else RLDeadline.plan(cfg.time_budget, clock.seconds, final_eval=cfg.eval_before_after))
-        if deadline is not None and deadline.rl_s <= 0:
-            interrupted, stopped_by_budget = False, True  # RLDeadline.plan warned: no worker starts for a share of nothing
-            reports = {"learner": {"steps": 0, "policy_version": 0}, "actors": [], "rewarders": [], "restarts": {}}
-        else:
-            reports, interrupted, stopped_by_budget = _run_rl(cfg, deadline, rl_mark, on_tick)
+        reports, interrupted, stopped_by_budget = _run_rl(cfg, deadline, rl_mark, on_tick)
         clock.add("rl_s", time.perf_counter() - rl_mark)
         if on_end is not None:
             on_end(cfg.transport.url)

@@ -55,10 +55,11 @@ class RLDeadline:
                                 "nothing is reserved for the final one beyond time_budget.margin_s")
                 reserve = measured[0] if measured else 0.0
         reserved = reserve + budget.margin_s
-        rl_s = budget.minutes * 60.0 - budgeted_seconds(stages_s) - reserved
+        spent = budgeted_seconds(stages_s)
+        rl_s = budget.minutes * 60.0 - spent - reserved
         if rl_s <= 0:
             log.warning("time budget: %.0f s of %.0f s spent before RL (%.0f s reserved for the final evaluation and the margin); "
-                        "RL stops at once", budgeted_seconds(stages_s), budget.minutes * 60.0, reserved)
+                        "RL stops at once", spent, budget.minutes * 60.0, reserved)
         return cls(rl_s=max(0.0, rl_s), reserved_s=reserved)
 
     def spent(self, rl_elapsed_s: float) -> bool:
