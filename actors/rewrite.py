@@ -65,12 +65,14 @@ class RewriteJob:
         task: the task whose prompt and answer format apply.
         n: completions to sample.
         constraint: grammar regex for constrained decoding, or None.
+        results: the request's top search results as shown, for a task with `feedback`.
     """
 
     request: str
     task: TaskSpec
     n: int = 1
     constraint: str | None = None
+    results: tuple[str, ...] | None = None
 
 
 def parse_rewrite(completion: str, task: TaskSpec) -> Rewrite:
@@ -130,7 +132,8 @@ def rewrite_jobs(engine: GenerationEngine, tokenizer, jobs: Sequence[RewriteJob]
         groups.setdefault(params.model_dump_json(), (params, []))[1].append(i)
     out: list[list[Rewrite]] = [[] for _ in jobs]
     for params, members in groups.values():
-        reqs = [GenerationRequest(build_prompt_ids(tokenizer, build_messages(jobs[i].task, jobs[i].request), jobs[i].task.answer.prefill),
+        reqs = [GenerationRequest(build_prompt_ids(tokenizer, build_messages(jobs[i].task, jobs[i].request, results=jobs[i].results),
+                                                   jobs[i].task.answer.prefill),
                                   jobs[i].constraint) for i in members]
         for i, group in zip(members, engine.generate(reqs, params)):
             out[i] = [parse_rewrite(s.text, jobs[i].task) for s in group]
@@ -139,7 +142,8 @@ def rewrite_jobs(engine: GenerationEngine, tokenizer, jobs: Sequence[RewriteJob]
 
 def rewrite_requests(engine: GenerationEngine, tokenizer, task: TaskSpec, requests: Mapping[str, str], *,
                      temperature: float | None = None, max_new_tokens: int | None = None,
-                     batch_size: int = 32, constraint: str | None = None) -> dict[str, Rewrite]:
+                     batch_size: int = 32, constraint: str | None = None,
+                     results: Mapping[str, Sequence[str]] | None = None) -> dict[str, Rewrite]:
     """Rewrite each request once (greedy by default: the task's eval temperature).
 
     Args:
@@ -151,6 +155,7 @@ def rewrite_requests(engine: GenerationEngine, tokenizer, task: TaskSpec, reques
         max_new_tokens: generation cap; None = `task.max_new_tokens`.
         batch_size: requests per generate call.
         constraint: optional grammar regex for constrained decoding.
+        results: id -> the request's top search results as shown, for a task with `feedback`.
 
     Returns:
         id -> Rewrite.
@@ -159,7 +164,7 @@ def rewrite_requests(engine: GenerationEngine, tokenizer, task: TaskSpec, reques
     out: dict[str, Rewrite] = {}
     for start in range(0, len(ids), batch_size):
         chunk = ids[start:start + batch_size]
-        jobs = [RewriteJob(requests[i], task, 1, constraint) for i in chunk]
+        jobs = [RewriteJob(requests[i], task, 1, constraint, None if results is None else tuple(results[i])) for i in chunk]
         for qid, group in zip(chunk, rewrite_jobs(engine, tokenizer, jobs, temperature=temperature, max_new_tokens=max_new_tokens)):
             out[qid] = group[0]
     return out

@@ -50,6 +50,14 @@ class PathsConfig(StrictModel):
     runs_dir: Path = Field(default_factory=lambda: default_home() / "runs", description="Training runs: checkpoints, metrics, plots.")
 
 
+class RM3Config(StrictModel):
+    """RM3 pseudo-relevance feedback (Anserini's): each query is expanded with terms of its own top documents."""
+
+    fb_terms: int = Field(10, ge=1, le=1000, description="Expansion terms taken from the feedback documents.")
+    fb_docs: int = Field(10, ge=1, le=1000, description="Top documents of the first search used as feedback.")
+    original_query_weight: float = Field(0.5, ge=0, le=1, description="Weight of the query's own terms against the expansion terms.")
+
+
 class BM25Config(StrictModel):
     """Lucene BM25 through pyserini, BEIR "flat" index (title and text in one field)."""
 
@@ -57,6 +65,7 @@ class BM25Config(StrictModel):
     k1: float = Field(0.9, gt=0, description="BM25 term-frequency saturation (Anserini BEIR default 0.9).")
     b: float = Field(0.4, ge=0, le=1, description="BM25 length normalisation (Anserini BEIR default 0.4).")
     threads: int = Field(2, ge=1, le=64, description="Threads for batch search.")
+    rm3: RM3Config | None = Field(None, description="Expand every query by RM3 pseudo-relevance feedback; None = plain BM25.")
 
 
 class DenseConfig(StrictModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,12 @@ class SplitFile:
     records: int
 
 
-def _record(task: TaskSpec, dataset: str, split: str, qid: str, request: str, target: dict[str, Any], schema: str | None) -> dict[str, Any]:
+ResultsFor = Callable[[Mapping[str, str]], dict[str, list[str]]]
+"""id -> request in, id -> the request's top search results as shown out (`ResultFeedbackSource.for_requests`)."""
+
+
+def _record(task: TaskSpec, dataset: str, split: str, qid: str, request: str, target: dict[str, Any], schema: str | None,
+            results: list[str] | None = None) -> dict[str, Any]:
     return {
         "uid": request_uid(task.name, dataset, qid),
         "task": task.name,
@@ -50,21 +55,27 @@ def _record(task: TaskSpec, dataset: str, split: str, qid: str, request: str, ta
         "split": split,
         "qid": qid,
         "request": request,
-        "messages": build_messages(task, request, schema=schema),
+        "messages": build_messages(task, request, schema=schema, results=results),
         "prefill": task.answer.prefill,
         "target": target,
     }
 
 
-def _beir_records(task: TaskSpec, ds: BeirDataset, split: str) -> Iterator[dict[str, Any]]:
+def _beir_records(task: TaskSpec, ds: BeirDataset, split: str, results_for: ResultsFor | None) -> Iterator[dict[str, Any]]:
     queries, qrels = ds.split_queries(split)
+    shown: dict[str, list[str]] | None = None
+    if task.feedback is not None:
+        if results_for is None:
+            raise DatasetError(f"task {task.name!r} shows each request's search results in its prompt (`feedback`); "
+                               "preparing its prompts needs its backend's index")
+        shown = results_for(queries)
     for qid, text in queries.items():
         if task.target_kind == "ids":
             target = IdsTarget(ids=qrels[qid]).model_dump()
         else:
             # BEIR sets give answers as passages: the relevant documents are the answer passages.
             target = AnswersTarget(passage_ids=sorted(d for d, g in qrels[qid].items() if g > 0)).model_dump()
-        yield _record(task, ds.name, split, qid, text, target, schema=None)
+        yield _record(task, ds.name, split, qid, text, target, schema=None, results=None if shown is None else shown[qid])
 
 
 def _sql_records(task: TaskSpec, ds: Text2SqlDataset, split: str, schema: str) -> Iterator[dict[str, Any]]:
@@ -87,20 +98,23 @@ def open_dataset(task: TaskSpec, dataset: str | Path, data_root: Path) -> BeirDa
     return BeirDataset.open(root, data_root)
 
 
-def iter_split_records(task: TaskSpec, ds: BeirDataset | Text2SqlDataset, split: str) -> Iterator[dict[str, Any]]:
+def iter_split_records(task: TaskSpec, ds: BeirDataset | Text2SqlDataset, split: str,
+                       results_for: ResultsFor | None = None) -> Iterator[dict[str, Any]]:
     """The records of one split, in the data set's query order.
 
     Args:
         task: the task spec (prompt, answer format, target kind).
         ds: the data set, from `open_dataset`.
         split: a qrels split (BEIR) or question split (text-to-SQL).
+        results_for: the requests' top search results, for a task with `feedback`
+            (`rewarders.result_feedback.ResultFeedbackSource.for_requests`).
 
     Raises:
         DatasetError: no such split.
     """
     if isinstance(ds, Text2SqlDataset):
         return _sql_records(task, ds, split, ds.schema())
-    return _beir_records(task, ds, split)
+    return _beir_records(task, ds, split, results_for)
 
 
 def write_jsonl(records: Iterator[dict[str, Any]], path: Path) -> int:
@@ -119,7 +133,8 @@ def write_jsonl(records: Iterator[dict[str, Any]], path: Path) -> int:
     return n
 
 
-def prepare(task: TaskSpec, dataset: str | Path, data_root: Path, out_dir: Path, splits: list[str] | None = None) -> list[SplitFile]:
+def prepare(task: TaskSpec, dataset: str | Path, data_root: Path, out_dir: Path, splits: list[str] | None = None,
+            results_for: ResultsFor | None = None) -> list[SplitFile]:
     """Write `<out_dir>/<split>.jsonl` for each split.
 
     Args:
@@ -128,12 +143,14 @@ def prepare(task: TaskSpec, dataset: str | Path, data_root: Path, out_dir: Path,
         data_root: the data root.
         out_dir: output folder (see `default_out_dir`).
         splits: splits to write; None = every split the data set has.
+        results_for: see `iter_split_records` (required for a task with `feedback`).
 
     Returns:
         One SplitFile per split, in the order given.
 
     Raises:
-        DatasetError: wrong layout for the task, unknown split, or a split with no requests.
+        DatasetError: wrong layout for the task, unknown split, a split with no requests, or a task
+            with `feedback` and no `results_for`.
     """
     ds = open_dataset(task, dataset, data_root)
     have = ds.splits()
@@ -146,7 +163,7 @@ def prepare(task: TaskSpec, dataset: str | Path, data_root: Path, out_dir: Path,
     written = []
     for split in chosen:
         path = Path(out_dir) / f"{split}.jsonl"
-        n = write_jsonl(iter_split_records(task, ds, split), path)
+        n = write_jsonl(iter_split_records(task, ds, split, results_for), path)
         if n == 0:
             path.unlink()
             raise DatasetError(f"split {split!r} of {ds.name} has no request with a relevant document")

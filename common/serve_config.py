@@ -99,9 +99,12 @@ class ServeConfig(StrictModel):
             raise ValueError(f"task_overrides: {stray} not among tasks {self.tasks}")
         for name, overrides in self.task_overrides.items():
             try:
-                get_task(name, overrides)
+                spec = get_task(name, overrides)
             except ConfigError as e:
                 raise ValueError(f"task_overrides.{name}: {e}") from None
+            if spec.feedback is not None and (self.backend is None or self.backend.type not in ("bm25", "dense")):
+                raise ValueError(f"task_overrides.{name}.feedback: the prompt shows the request's own search results, "
+                                 "so the endpoint needs a bm25 or dense backend over the collection the policy was trained on")
         api = self.backend is not None and self.backend.type in ("pubmed", "ctgov")
         if api and self.redis_url is None:
             raise ValueError(f"backend {self.backend.type!r} needs redis_url for its cluster-wide rate limit")  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ after which the assistant turn starts with `spec.answer.prefill`.
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -30,16 +30,17 @@ from deepretrieval.common.reward_config import (
 BackendKind = Literal["pubmed", "ctgov", "bm25", "dense", "sql"]
 TargetKind = Literal["ids", "answers", "sql"]
 
-_PLACEHOLDERS = frozenset({"request", "format", "schema"})
+_PLACEHOLDERS = frozenset({"request", "format", "schema", "results"})
 
 
 class PromptTemplate(StrictModel):
-    """Chat messages of a task; `str.format` placeholders {request}, {format}, optional {schema}."""
+    """Chat messages of a task; `str.format` placeholders {request}, {format}, optional {schema}, {results}."""
 
     system: str = Field(min_length=1, description="System turn.")
     user: str = Field(
         description="User turn. Must hold {request} (the raw request) and {format} (the answer-shape instruction, "
-        "from the answer format: the shape only, never a concrete answer). {schema}: the database schema (sql)."
+        "from the answer format: the shape only, never a concrete answer). {schema}: the database schema (sql). "
+        "{results}: the request's own top search results, when the task sets `feedback` (empty otherwise)."
     )
 
     @model_validator(mode="after")
@@ -59,7 +60,29 @@ class PromptTemplate(StrictModel):
     @property
     def needs_schema(self) -> bool:
         """Whether rendering needs a database schema."""
-        return any(name == "schema" for _, name, _, _ in string.Formatter().parse(self.user))
+        return "schema" in self._names()
+
+    @property
+    def shows_results(self) -> bool:
+        """Whether the template has a place for the request's search results ({results})."""
+        return "results" in self._names()
+
+    def _names(self) -> set[str]:
+        return {name for _, name, _, _ in string.Formatter().parse(self.user) if name is not None}
+
+
+class ResultFeedback(StrictModel):
+    """Show the policy the request's own top search results in its prompt (pseudo-relevance feedback).
+
+    The request is searched as is with the task's backend, and the titles of its top `docs` results
+    (a document without a title shows the start of its text) go into the prompt's {results}. The
+    policy can then take its added words from documents the request already finds, as RM3 takes its
+    expansion terms from the feedback documents (Lavrenko and Croft 2001; Lei et al. 2024 show
+    an LLM the same documents).
+    """
+
+    docs: int = Field(3, ge=1, le=20, description="How many of the request's top results the prompt shows.")
+    max_chars: int = Field(100, ge=10, le=2000, description="Each result is cut to this many characters (at a word boundary).")
 
 
 QUERY_NO_TERMS = "query_no_terms"
@@ -80,6 +103,7 @@ class TaskSpec(StrictModel):
     max_new_tokens: int = Field(512, ge=1, le=32768, description="Generation limit per completion (TASKS.md §1: 512).")
     reward: RewardConfig = Field(description="Format term + outcome term, chosen by `type`.")
     query: QueryComposition = Field(default_factory=QueryComposition, description="How the answer's query becomes the search query (rewrite, or expand the request).")
+    feedback: ResultFeedback | None = Field(None, description="Show the request's own top search results in the prompt; None = the request alone.")
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
@@ -94,6 +118,12 @@ class TaskSpec(StrictModel):
         if self.query.mode == "expand" and self.backend not in EXPANDABLE_BACKENDS:
             raise ValueError(f"query.mode 'expand' needs a bag-of-words backend ({', '.join(sorted(EXPANDABLE_BACKENDS))}); "
                              f"backend {self.backend!r} would read the request's words as part of its query syntax")
+        if self.feedback is not None:
+            if self.backend not in EXPANDABLE_BACKENDS:
+                raise ValueError(f"feedback shows documents of a local collection ({', '.join(sorted(EXPANDABLE_BACKENDS))}); "
+                                 f"backend {self.backend!r} returns ids only")
+            if not self.prompt.shows_results:
+                raise ValueError("feedback needs {results} in prompt.user: the template has no place for the search results")
         return self
 
     def answer_problem(self, parsed: ParsedAnswer) -> tuple[str, str] | None:
@@ -119,29 +149,43 @@ class TaskSpec(StrictModel):
         return kinds[self.reward.type]
 
 
-def build_messages(spec: TaskSpec, request: str, *, schema: str | None = None) -> list[dict[str, str]]:
+def render_results(results: Sequence[str]) -> str:
+    """The {results} block of a prompt: the request's top results, numbered ("none" when it found nothing)."""
+    if not results:
+        return "\n\nTop search results for it: none"
+    return "\n\nTop search results for it:\n" + "\n".join(f"{i}. {r}" for i, r in enumerate(results, 1))
+
+
+def build_messages(spec: TaskSpec, request: str, *, schema: str | None = None, results: Sequence[str] | None = None) -> list[dict[str, str]]:
     """The chat messages for one request (system + user); the assistant turn starts with `spec.answer.prefill`.
 
     Args:
         spec: the task.
         request: the raw request text (claim, question, review title, ...).
         schema: the database schema text, for templates with {schema}.
+        results: the request's top search results as shown (`rewarders.result_feedback`), for a
+            task with `feedback`; must be None for one without.
 
     Returns:
         `[{"role": "system", "content": ...}, {"role": "user", "content": ...}]`.
 
     Raises:
-        ConfigError: the template needs a schema and none was given.
+        ConfigError: the template needs a schema and none was given; the task shows results and
+            none were given, or results were given to a task that does not show them.
     """
     if spec.prompt.needs_schema and schema is None:
         raise ConfigError(f"task {spec.name!r}: the prompt template has {{schema}} but no schema was given")
-    user = spec.prompt.user.format(request=request, format=format_instruction(spec.answer), schema=schema or "")
+    if (spec.feedback is None) != (results is None):
+        raise ConfigError(f"task {spec.name!r}: " + ("its prompt shows the request's search results and none were given"
+                                                     if results is None else "search results given but the task sets no `feedback`"))
+    shown = "" if results is None else render_results(results)
+    user = spec.prompt.user.format(request=request, format=format_instruction(spec.answer), schema=schema or "", results=shown)
     return [{"role": "system", "content": spec.prompt.system}, {"role": "user", "content": user}]
 
 
 def _template(system: str, instruction: str, label: str, schema: bool = False) -> PromptTemplate:
     schema_part = "Database schema:\n{schema}\n\n" if schema else ""
-    return PromptTemplate(system=system, user=f"{instruction}\n\n{schema_part}{label}: {{request}}\n\n{{format}}")
+    return PromptTemplate(system=system, user=f"{instruction}\n\n{schema_part}{label}: {{request}}{{results}}\n\n{{format}}")
 
 
 def pubmed_task() -> TaskSpec:

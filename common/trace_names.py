@@ -19,7 +19,7 @@ Which span carries what:
   EMULATOR_FAULT.
 - serve.rewrite (one `POST /v1/rewrite` of the serving endpoint): SERVE_MODEL, POLICY_VERSION,
   HTTP_STATUS, and SERVE_ERROR for a refused request, else SERVE_TASK, SERVE_N, SERVE_SEARCH,
-  SERVE_QUERY_CHARS, SERVE_VALID, SERVE_FALLBACK (+ SERVE_FORMAT_ERROR), SERVE_IDS; a search is
+  SERVE_QUERY_CHARS, SERVE_VALID, SERVE_FALLBACK (+ SERVE_FORMAT_ERROR), SERVE_IDS, SERVE_RESULTS; a search is
   its child `rl.search.<backend>`.
 """
 
@@ -117,5 +117,7 @@ SERVE_FALLBACK = "serve.fallback"
 """True when no completion followed the format and the original query was served."""
 SERVE_FORMAT_ERROR = "serve.format_error"
 SERVE_IDS = "serve.ids"
+SERVE_RESULTS = "serve.results"
+"""How many of the request's own search results its prompt showed (a task with `feedback`)."""
 SERVE_ERROR = "serve.error"
 """The error code of a refused request (invalid_json, query_too_long, ...)."""

@@ -32,6 +32,13 @@ def run_prepare(args: argparse.Namespace) -> int:
     dataset_name = resolve_dataset(args.dataset, paths.data_root).name
     home = Path(args.home) if args.home is not None else default_home()
     out_dir = args.out if args.out is not None else default_out_dir(home, task.name, dataset_name)
-    for written in prepare(task, args.dataset, paths.data_root, out_dir, args.split):
+    results_for = None
+    if task.feedback is not None:  # the prompts list each request's own top results: search the collection itself
+        from deepretrieval.common.datasets import BeirDataset
+        from deepretrieval.rewarders.result_feedback import open_feedback
+
+        source = open_feedback(task, BeirDataset.open(args.dataset, paths.data_root), paths.index_dir, task.backend)
+        results_for = source.for_requests if source is not None else None
+    for written in prepare(task, args.dataset, paths.data_root, out_dir, args.split, results_for):
         print(f"{task.name}/{dataset_name} {written.split}: {written.records} requests -> {written.path}")
     return 0

@@ -6,11 +6,15 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deepretrieval.common.config import validate_config
 from deepretrieval.common.errors import ConfigError, DatasetError
 from deepretrieval.common.query_composition import QueryComposition
 from deepretrieval.deploy.cli_args import add_common_args, paths_from_args
+
+if TYPE_CHECKING:
+    from deepretrieval.common.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="expand: times the request is repeated before the rewrite (default 2)")
     p.add_argument("--new-terms-only", action="store_true",
                    help="expand: append only the rewrite's words the request lacks, each once (use as the policy was trained)")
+    p.add_argument("--feedback-docs", type=int, default=None,
+                   help="show each request's top N search results (titles) in the prompt, as a policy trained with the "
+                        "task's `feedback` expects (default: none)")
+    p.add_argument("--feedback-chars", type=int, default=None, help="--feedback-docs: characters shown per result (default 100)")
+    p.add_argument("--rm3", action="store_true",
+                   help="bm25: add the row 'original+rm3', the original queries expanded by RM3 pseudo-relevance feedback "
+                        "(Anserini's defaults: 10 terms from the top 10 documents, original weight 0.5): a reference that learns nothing")
     p.add_argument("--rewrites-out", type=Path, default=None, help="write every rewrite (query, reasoning, format error) as JSONL here")
     p.add_argument("--json", type=Path, default=None, dest="json_out", help="write the report as JSON here")
     add_common_args(p)
@@ -103,7 +114,20 @@ def composition_from_args(args: argparse.Namespace) -> QueryComposition | None:
     return validate_config(QueryComposition, fields, source="--query-mode/--original-repeats/--new-terms-only")
 
 
-def constraint_from_args(args: argparse.Namespace, task_name: str) -> str | None:
+def task_from_args(args: argparse.Namespace) -> TaskSpec:
+    """The rewriter's task spec: `--task` (default: by retriever) with the `--feedback-*` it asks for."""
+    from deepretrieval.common.tasks import get_task
+
+    name = args.task or ("dense" if args.retriever == "dense" else "sparse")
+    if args.feedback_chars is not None and args.feedback_docs is None:
+        raise ConfigError("--feedback-chars needs --feedback-docs")
+    if args.feedback_docs is None:
+        return get_task(name)
+    feedback = {"docs": args.feedback_docs, **({"max_chars": args.feedback_chars} if args.feedback_chars is not None else {})}
+    return get_task(name, {"feedback": feedback})
+
+
+def constraint_from_args(args: argparse.Namespace, task: TaskSpec) -> str | None:
     """The grammar `--constrained` / `--max-reasoning-chars` / `--max-rewrite-chars` ask for; None = free decoding."""
     for flag, value, least in (("--max-reasoning-chars", args.max_reasoning_chars, 0), ("--max-rewrite-chars", args.max_rewrite_chars, 1)):
         if value is not None and not args.constrained:
@@ -113,19 +137,20 @@ def constraint_from_args(args: argparse.Namespace, task_name: str) -> str | None
     if not args.constrained:
         return None
     from deepretrieval.actors.rewrite import serving_constraint
-    from deepretrieval.common.tasks import get_task
 
-    return serving_constraint(get_task(task_name), max_reasoning_chars=args.max_reasoning_chars, max_new_tokens=args.max_new_tokens,
+    return serving_constraint(task, max_reasoning_chars=args.max_reasoning_chars, max_new_tokens=args.max_new_tokens,
                               max_rewrite_chars=args.max_rewrite_chars)
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepretrieval.common.config import BM25Config
+    from deepretrieval.common.config import BM25Config, RM3Config
     from deepretrieval.common.datasets import BeirDataset
     from deepretrieval.common.metrics import METRICS
     from deepretrieval.common.significance import compare_sets
     from deepretrieval.rewarders.retrieval import EvalReport, evaluate_query_sets, open_retriever
 
+    if args.rm3 and args.retriever != "bm25":
+        raise ConfigError("--rm3 is BM25 pseudo-relevance feedback; it needs --retriever bm25")
     paths = paths_from_args(args)
     ds = BeirDataset.open(args.dataset, paths.data_root)
     queries, qrels = ds.split_queries(args.split)
@@ -143,29 +168,40 @@ def run(args: argparse.Namespace) -> int:
             log.warning("%d of %d queries have no rewrite in %s; they score 0", len(missing), len(queries), args.queries)
         query_sets["rewritten"] = rewritten
         extra["rewritten_missing"] = len(missing)
+    bm25 = BM25Config(**{k: v for k, v in (("k1", args.k1), ("b", args.b)) if v is not None})
+    retriever = open_retriever(ds, paths.index_dir, args.retriever, bm25=bm25)
     rewriters = parse_rewriters(args.rewriter)
+    if args.feedback_docs is not None and not rewriters:
+        raise ConfigError("--feedback-docs shapes the rewriter's prompt; it needs --rewriter")
     if rewriters:
         from deepretrieval.common.model_fetch import resolve_model
         from deepretrieval.deploy.evaluation import rewrite_with_policy
+        from deepretrieval.rewarders.result_feedback import ResultFeedbackSource
 
-        task = args.task or ("dense" if args.retriever == "dense" else "sparse")
+        task = task_from_args(args)
         composition = composition_from_args(args)
         constraint = constraint_from_args(args, task)
+        shown = ResultFeedbackSource(retriever, ds, task.feedback).for_requests(queries) if task.feedback else None
         for label, path in rewriters:
             model_dir = Path(resolve_model(str(path), paths.models_dir))
             out = args.rewrites_out.with_name(f"{args.rewrites_out.stem}-{label}{args.rewrites_out.suffix}") if args.rewrites_out and len(rewriters) > 1 else args.rewrites_out
             rewritten, fallback, stats = rewrite_with_policy(model_dir, task, queries, engine=args.engine, temperature=args.temperature,
                                                              max_new_tokens=args.max_new_tokens, rewrites_out=out,
-                                                             composition=composition, constraint=constraint)
+                                                             composition=composition, constraint=constraint, results=shown)
             query_sets[label] = rewritten
             query_sets[f"{label}+fallback"] = fallback
             if len(rewriters) == 1:
                 extra.update(stats)
             else:
                 extra.setdefault("rewriters", {})[label] = stats  # type: ignore[union-attr]
-    bm25 = BM25Config(**{k: v for k, v in (("k1", args.k1), ("b", args.b)) if v is not None})
-    retriever = open_retriever(ds, paths.index_dir, args.retriever, bm25=bm25)
     means, per_q, seconds = evaluate_query_sets(retriever, qrels, query_sets, depth=args.depth)
+    if args.rm3:
+        rm3 = open_retriever(ds, paths.index_dir, "bm25", bm25=bm25.model_copy(update={"rm3": RM3Config()}))
+        rm3_means, rm3_per_q, rm3_seconds = evaluate_query_sets(rm3, qrels, {"original+rm3": queries}, depth=args.depth)
+        means.update(rm3_means)
+        for qid, rows in rm3_per_q.items():
+            per_q[qid].update(rows)
+        seconds.update(rm3_seconds)
     extra["search_seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     report = EvalReport(ds.name, args.split, args.retriever, len(queries), means, per_q, extra,
                         paired=compare_sets(per_q, "original", METRICS))

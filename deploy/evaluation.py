@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,12 +13,14 @@ from deepretrieval.common.query_composition import QueryComposition
 
 if TYPE_CHECKING:
     from deepretrieval.actors.base import GenerationEngine
+    from deepretrieval.common.tasks import TaskSpec
 
 
-def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str], *, engine: str = "vllm",
+def rewrite_with_policy(model_dir: Path, task: str | TaskSpec, queries: dict[str, str], *, engine: str = "vllm",
                         temperature: float | None = None, max_new_tokens: int | None = None,
                         rewrites_out: Path | None = None, composition: QueryComposition | None = None,
                         constraint: str | None = None, loaded: tuple[GenerationEngine, object] | None = None,
+                        results: Mapping[str, Sequence[str]] | None = None,
                         ) -> tuple[dict[str, str], dict[str, str], dict[str, object]]:
     """Rewrite every query once with the policy in `model_dir`; return the queries to search.
 
@@ -25,6 +28,8 @@ def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str]
     rewrite alone, or the request expanded by it. `constraint` (a grammar regex,
     `serving_constraint`) decodes as the serving endpoint does; None decodes freely. `loaded`: an
     engine and tokenizer already holding this policy (the caller closes the engine); None starts one.
+    `task`: a task name (its default spec) or a spec; `results`: id -> the request's top search
+    results as shown, for a spec with `feedback` (`rewarders.result_feedback`).
 
     Returns:
         (strict search queries: "" where the format broke, search queries with the original query
@@ -36,13 +41,13 @@ def rewrite_with_policy(model_dir: Path, task_name: str, queries: dict[str, str]
     from deepretrieval.actors.rewrite import rewrite_requests
     from deepretrieval.common.tasks import get_task
 
-    task = get_task(task_name)
+    task = get_task(task) if isinstance(task, str) else task
     gen, tokenizer = loaded or (make_engine(model_dir, VLLMEngineConfig() if engine == "vllm" else HFEngineConfig()), None)
     t0 = time.perf_counter()
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(model_dir))
         rewrites = rewrite_requests(gen, tokenizer, task, queries, temperature=temperature, max_new_tokens=max_new_tokens,
-                                    constraint=constraint)
+                                    constraint=constraint, results=results)
     finally:
         if loaded is None:
             gen.close()

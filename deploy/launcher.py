@@ -65,18 +65,24 @@ def prepare_run(cfg: TrainConfig) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
     for t in cfg.tasks:
+        spec = get_task(t.task, t.overrides)
+        results_for = None
+        if t.backend.type in ("bm25", "dense"):
+            from deepretrieval.rewarders.result_feedback import open_feedback
+            from deepretrieval.rewarders.retrieval import ensure_index
+
+            backend_ds = BeirDataset.open(t.backend.dataset, cfg.paths.data_root)
+            ensure_index(backend_ds, cfg.paths.index_dir, t.backend.type, dense=getattr(t.backend, "dense", None))
+            source = open_feedback(spec, backend_ds, cfg.paths.index_dir, t.backend.type,
+                                   bm25=getattr(t.backend, "bm25", None), dense=getattr(t.backend, "dense", None))
+            results_for = source.for_requests if source is not None else None
         out = cfg.run_dir / "prompts" / t.task
         splits = [t.train_split] + ([t.eval_split] if t.eval_split and t.eval_split != t.train_split else [])
-        files = prepare(get_task(t.task, t.overrides), t.dataset, cfg.paths.data_root, out, splits)
+        files = prepare(spec, t.dataset, cfg.paths.data_root, out, splits, results_for)
         if t.max_prompts is not None:
             train = next(f.path for f in files if f.split == t.train_split)
             lines = train.read_text().splitlines()[: t.max_prompts]
             train.write_text("\n".join(lines) + "\n")
-        if t.backend.type in ("bm25", "dense"):
-            from deepretrieval.rewarders.retrieval import ensure_index
-
-            ensure_index(BeirDataset.open(t.backend.dataset, cfg.paths.data_root), cfg.paths.index_dir, t.backend.type,
-                         dense=getattr(t.backend, "dense", None))
 
 
 def warm_start(cfg: TrainConfig, clock: Stopwatch) -> TrainConfig:

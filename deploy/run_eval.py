@@ -52,6 +52,7 @@ def _evaluate_tasks(cfg: TrainConfig, model_dir: Path, label: str, policy) -> di
     from deepretrieval.common.significance import compare_sets, paired_to_json
     from deepretrieval.deploy.evaluation import rewrite_with_policy
     from deepretrieval.deploy.rollout_scoring import task_specs
+    from deepretrieval.rewarders.result_feedback import ResultFeedbackSource
     from deepretrieval.rewarders.retrieval import evaluate_query_sets, open_retriever
 
     out: dict[str, dict] = {}
@@ -71,12 +72,13 @@ def _evaluate_tasks(cfg: TrainConfig, model_dir: Path, label: str, policy) -> di
         queries, qrels = ds.split_queries(t.eval_split)
         keep = sorted(queries)[: t.eval_max_queries] if t.eval_max_queries else sorted(queries)
         queries, qrels = {q: queries[q] for q in keep}, {q: qrels[q] for q in keep}
-        strict, fallback, stats = rewrite_with_policy(model_dir, t.task, queries, engine=cfg.actors.engine.type,
-                                                      max_new_tokens=cfg.sampling.max_new_tokens, composition=specs[t.task].query,
-                                                      loaded=policy())
+        spec = specs[t.task]
         backend = BeirDataset.open(t.backend.dataset, cfg.paths.data_root)
         retriever = open_retriever(backend, cfg.paths.index_dir, t.backend.type,
                                    bm25=getattr(t.backend, "bm25", None), dense=getattr(t.backend, "dense", None))
+        shown = ResultFeedbackSource(retriever, backend, spec.feedback).for_requests(queries) if spec.feedback else None
+        strict, fallback, stats = rewrite_with_policy(model_dir, spec, queries, engine=cfg.actors.engine.type,
+                                                      max_new_tokens=cfg.sampling.max_new_tokens, loaded=policy(), results=shown)
         means, per_q, _ = evaluate_query_sets(retriever, qrels, {"original": queries, "rewritten": strict, "rewritten+fallback": fallback})
         out[t.task] = {"metrics": means, "paired_vs_original": paired_to_json(compare_sets(per_q, "original", ("ndcg@10",))),
                        "queries": len(queries), "format_broken_share": stats["format_broken_share"],

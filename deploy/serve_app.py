@@ -82,6 +82,7 @@ class RewriteService:
         self._search_resources: list[Any] = []
         if cfg.backend is not None:
             self._search = await self._open_search()
+        self._feedback = await loop.run_in_executor(None, self._open_feedback) if any(t.feedback for t in self._tasks.values()) else {}
         self._generate.set_max_batch_size(cfg.max_batch_size)
         self._generate.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self.stats = {"requests": 0, "batches": 0, "generated": 0}
@@ -113,7 +114,8 @@ class RewriteService:
                                          max_rewrite_chars=cfg.max_rewrite_chars)
                    for name, t in self._tasks.items()}
         task = self._tasks[cfg.task]
-        probe = GenerationRequest(build_prompt_ids(self._tokenizer, build_messages(task, "probe"), task.answer.prefill), regexes[cfg.task])
+        messages = build_messages(task, "probe", results=() if task.feedback else None)
+        probe = GenerationRequest(build_prompt_ids(self._tokenizer, messages, task.answer.prefill), regexes[cfg.task])
         try:
             self._engine.generate([probe], SamplingConfig(n=1, temperature=0.0, max_new_tokens=1, stop=[]))
         except NotImplementedError as e:
@@ -141,6 +143,17 @@ class RewriteService:
             self._search_resources += [session, redis]
         backend, limiter, key = await open_backend(cfg.backend, cfg.paths, redis=redis, session=session)
         return ResilientSearch(backend, cfg.retry, limiter=limiter, limiter_key=key, tracer=self._tracer)
+
+    def _open_feedback(self) -> dict[str, Any]:
+        """Task -> the results source of each served task with `feedback`: the search backend (ServeConfig
+        checks it is bm25 or dense) with the titles of its collection."""
+        from deepretrieval.common.datasets import BeirDataset
+        from deepretrieval.rewarders.result_feedback import ResultFeedbackSource
+
+        cfg = self.config
+        assert cfg.backend is not None and self._search is not None
+        ds = BeirDataset.open(cfg.backend.dataset, cfg.paths.data_root)  # type: ignore[union-attr]
+        return {name: ResultFeedbackSource(self._search, ds, t.feedback) for name, t in self._tasks.items() if t.feedback}
 
     async def __call__(self, request: Request) -> JSONResponse:
         """Route one HTTP request; every refusal is a JSON error with its status."""
@@ -188,7 +201,15 @@ class RewriteService:
             ApiError: 503 when the search backend is unavailable after retries.
         """
         task = self._tasks[req.task]
-        rewrites = await self._generate(RewriteJob(req.query, task, req.n, self._constraints[req.task]))
+        results = None
+        if task.feedback is not None:
+            try:
+                results = tuple(await self._feedback[req.task].for_request(req.query))
+            except BackendUnavailable as e:
+                raise ApiError(503, "backend_unavailable", f"the {self._search.name} backend did not answer the request's own search "
+                                                           f"(its results are part of the prompt): {e}", {"Retry-After": "1"}) from e
+            span.set_attribute(names.SERVE_RESULTS, len(results))
+        rewrites = await self._generate(RewriteJob(req.query, task, req.n, self._constraints[req.task], results))
         chosen = first_valid(rewrites)
         answer = rewrite_answer(req, chosen, model=self.model_name, policy_version=self.policy_version, composition=task.query)
         span.set_attributes({names.SERVE_FALLBACK: answer["fallback"], names.SERVE_VALID: sum(rw.query is not None for rw in rewrites)})

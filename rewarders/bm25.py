@@ -36,6 +36,8 @@ class BM25Backend:
         self._executor = executor
         self._searcher = LuceneSearcher(str(index.path))
         self._searcher.set_bm25(config.k1, config.b)
+        if config.rm3 is not None:
+            self._searcher.set_rm3(config.rm3.fb_terms, config.rm3.fb_docs, config.rm3.original_query_weight)
         # pyjnius binds Java methods through state shared by every object of a class, so two
         # Python threads calling into the same searcher can swap targets (kivy/pyjnius#563):
         # one Python thread at a time enters the JVM; batch_search still runs Java threads.
@@ -47,7 +49,9 @@ class BM25Backend:
 
     @property
     def version(self) -> str:
-        return f"{self._index.version}-k1={self._config.k1}-b={self._config.b}"
+        rm3 = self._config.rm3
+        return f"{self._index.version}-k1={self._config.k1}-b={self._config.b}" + (
+            f"-rm3={rm3.fb_terms},{rm3.fb_docs},{rm3.original_query_weight}" if rm3 is not None else "")
 
     def search_sync(self, query: str, k: int) -> SearchResult:
         """Blocking search of one query."""

@@ -97,3 +97,27 @@ def test_inconsistent_specs_are_rejected():
 def test_unknown_task_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="valid tasks: pubmed, ctgov, sparse, dense, qa, sql"):
         get_task("bm25")
+
+
+def test_feedback_lists_the_requests_own_results_between_request_and_format():
+    spec = get_task("sparse", {"feedback": {"docs": 2}})
+    user = build_messages(spec, "statins and breast cancer", results=["Statin use and risk of breast cancer", "Statins: a review"])[1]["content"]
+    assert "Request: statins and breast cancer\n\nTop search results for it:\n1. Statin use and risk of breast cancer\n2. Statins: a review\n\n" in user
+    assert user.index("Top search results") < user.index('{"query": "..."}') and user.count('{"') == 1
+    assert "Top search results for it: none" in build_messages(spec, "zzz", results=[])[1]["content"]
+    # Without feedback the same template renders exactly as before: {results} is empty.
+    assert build_messages(get_task("sparse"), "r")[1]["content"].startswith(
+        "Rewrite this request as a keyword query for a BM25 search engine, so that the documents relevant to it rank at the top.\n\nRequest: r\n\nFirst think")
+
+
+def test_feedback_needs_results_a_place_for_them_and_a_local_collection():
+    with pytest.raises(ConfigError, match="none were given"):
+        build_messages(get_task("sparse", {"feedback": {}}), "r")
+    with pytest.raises(ConfigError, match="sets no `feedback`"):
+        build_messages(get_task("sparse"), "r", results=["a title"])
+    with pytest.raises(ConfigError, match="returns ids only"):
+        get_task("pubmed", {"feedback": {"docs": 3}})
+    with pytest.raises(ConfigError, match="needs \\{results\\} in prompt.user"):
+        get_task("sparse", {"feedback": {"docs": 3}, "prompt": {"user": "{request} {format}"}})
+    with pytest.raises(ConfigError, match="docs"):
+        get_task("sparse", {"feedback": {"docs": 0}})

@@ -63,7 +63,8 @@ def served(policy_dir: Path, tiny_beir: Path, data_root: Path, index_root: Path,
         paths=PathsConfig(data_root=data_root, index_dir=index_root, models_dir=policy_dir.parent), trace_file=trace_file,
     )
     tiny = config.model_copy(update={"max_new_tokens": 3, "constrained": False})
-    with local_serve({"/": config, "/tiny": tiny}, port=free_port(), num_cpus=2) as url:
+    feedback = tiny.model_copy(update={"task_overrides": {"sparse": {"feedback": {"docs": 2}}}})
+    with local_serve({"/": config, "/tiny": tiny, "/feedback": feedback}, port=free_port(), num_cpus=2) as url:
         status, health, _ = call(url, "GET", "/healthz")
         assert status == 200, health
         yield Served(url, trace_file, health["pid"])
@@ -168,6 +169,21 @@ def test_search_returns_the_top_ids_of_the_served_query(served: Served, tiny_bei
         assert body["ids"] == bm25.search_sync(queries[qid], 10).ids  # k: the sparse task's evaluation k
     finally:
         asyncio.run(bm25.close())
+
+
+def test_a_feedback_task_searches_the_request_before_writing(served: Served):
+    """A policy trained with `feedback` sees the request's top results: the endpoint searches it first (traced as a child search)."""
+    status, body, _ = call(served.url, "POST", "/feedback/v1/rewrite", {"query": "vitamin D and bone density"})
+    assert status == 200 and body["query"] == "vitamin D and bone density", body
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        spans = [json.loads(line) for line in served.trace_file.read_text().splitlines()] if served.trace_file.is_file() else []
+        shown = [s for s in spans if s["name"] == names.SERVE_REWRITE and s["attributes"].get(names.SERVE_RESULTS) is not None]
+        if shown and any(s["parent_id"] == shown[0]["span_id"] for s in spans):
+            break
+        time.sleep(0.2)
+    assert shown and shown[0]["attributes"][names.SERVE_RESULTS] == 2 and shown[0]["attributes"][names.SERVE_SEARCH] is False
+    assert any(s["name"] == names.search_span("bm25") and s["parent_id"] == shown[0]["span_id"] for s in spans)
 
 
 def test_requests_are_traced(served: Served):

@@ -75,7 +75,8 @@ def test_expanding_task_answers_the_request_followed_by_the_policy_terms():
 
 
 @pytest.mark.parametrize("overrides, message", [({"ctgov": {"query": {"mode": "expand"}}}, "not among tasks"),
-                                                ({"pubmed": {"query": {"mode": "expand"}}}, "bag-of-words backend")])
+                                                ({"pubmed": {"query": {"mode": "expand"}}}, "bag-of-words backend"),
+                                                ({"sparse": {"feedback": {"docs": 3}}}, "needs a bm25 or dense backend")])
 def test_task_overrides_are_checked_at_the_edge(overrides, message):
     from deepretrieval.common.errors import ConfigError
     from deepretrieval.common.config import validate_config
