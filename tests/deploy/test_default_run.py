@@ -36,11 +36,13 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
     overrides = ["--set", f"paths.data_root={data_root}", "--set", f"paths.index_dir={index_root}",
                  "--set", f"paths.models_dir={models_dir}", "--set", f"paths.runs_dir={home / 'runs'}"]
     config = ROOT / "configs" / "default-cpu.yaml"
-    # SciFact is searched as the policy learnt to search NFCorpus: the same query composition
+    # SciFact is searched as the policy learnt to search NFCorpus: the same query composition and prompt (its own top results)
     cfg = load_config(TrainConfig, config)
-    compose = task_specs(cfg)["sparse"].query
+    spec = task_specs(cfg)["sparse"]
+    compose, feedback = spec.query, spec.feedback
     compose_args = ["--query-mode", compose.mode] + (["--original-repeats", str(compose.original_repeats)] if compose.mode == "expand" else []) \
-        + (["--new-terms-only"] if compose.new_terms_only else [])
+        + (["--new-terms-only"] if compose.new_terms_only else []) \
+        + (["--feedback-docs", str(feedback.docs), "--feedback-chars", str(feedback.max_chars)] if feedback else [])
     t0 = time.monotonic()
     assert main(["train", "--config", str(config), *overrides]) == 0
     train_s = time.monotonic() - t0
@@ -74,14 +76,14 @@ def test_default_run_learns_and_beats_the_original_queries(tmp_path, data_root, 
     for dataset in ("nfcorpus", "scifact"):
         full_json = tmp_path / f"full-{dataset}.json"
         assert main(["eval", "--dataset", dataset, "--data-root", str(data_root), "--home", str(index_root.parent),
-                     "--rewriter", f"rl={rl_policy}", "--json", str(full_json), *compose_args]) == 0
+                     "--rewriter", f"rl={rl_policy}", "--rm3", "--json", str(full_json), *compose_args]) == 0
         report = json.loads(full_json.read_text())
         full_test[dataset] = {"queries": report["num_queries"], "broken_share": report["format_broken_share"],
-                              **{row: report["metrics"][row]["ndcg@10"] for row in ("original", "rl", "rl+fallback")},
-                              "paired_vs_original": {row: report["paired_vs_original"][row]["ndcg@10"] for row in ("rl", "rl+fallback")}}
+                              **{row: report["metrics"][row]["ndcg@10"] for row in ("original", "rl", "rl+fallback", "original+rm3")},
+                              "paired_vs_original": {row: report["paired_vs_original"][row]["ndcg@10"] for row in ("rl", "rl+fallback", "original+rm3")}}
     tables = {"cpu": describe_cpu(), "train_seconds": train_s, "train_stages_s": summary["stages_s"], "budgeted_s": summary["budgeted_s"],
               "rl_steps": summary["learner"]["steps"], "stopped_by_budget": summary["stopped_by_budget"],
-              "scifact_query_composition": compose.model_dump(), "warmup": warm, "trained_tasks": learning,
+              "scifact_query_composition": compose.model_dump(), "scifact_feedback": feedback.model_dump() if feedback else None, "warmup": warm, "trained_tasks": learning,
               "scifact_bm25_transfer": {row: sci[row]["ndcg@10"] for row in ("original", "untrained", "warmup", "rl")},
               "served_ndcg@10": served, "full_test_ndcg@10": full_test}
     out = ROOT / "bench" / "results" / f"learning-default-cpu{'-bf16' if cpu_has_bf16() else ''}.json"  # one file per machine kind
