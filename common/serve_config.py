@@ -15,6 +15,7 @@ from deepretrieval.common.backend_config import BackendSpec
 from deepretrieval.common.config import PathsConfig, StrictModel
 from deepretrieval.common.engine_config import EngineConfig, HFEngineConfig
 from deepretrieval.common.errors import ConfigError
+from deepretrieval.common.query_composition import EXPANDABLE_BACKENDS
 from deepretrieval.common.run_config import RetryConfig
 from deepretrieval.common.tasks import get_task, task_names
 
@@ -102,7 +103,7 @@ class ServeConfig(StrictModel):
                 spec = get_task(name, overrides)
             except ConfigError as e:
                 raise ValueError(f"task_overrides.{name}: {e}") from None
-            if spec.feedback is not None and (self.backend is None or self.backend.type not in ("bm25", "dense")):
+            if spec.feedback is not None and (self.backend is None or self.backend.type not in EXPANDABLE_BACKENDS):
                 raise ValueError(f"task_overrides.{name}.feedback: the prompt shows the request's own search results, "
                                  "so the endpoint needs a bm25 or dense backend over the collection the policy was trained on")
         api = self.backend is not None and self.backend.type in ("pubmed", "ctgov")

@@ -72,10 +72,12 @@ def prepare_run(cfg: TrainConfig) -> None:
             from deepretrieval.rewarders.retrieval import ensure_index
 
             backend_ds = BeirDataset.open(t.backend.dataset, cfg.paths.data_root)
-            ensure_index(backend_ds, cfg.paths.index_dir, t.backend.type, dense=getattr(t.backend, "dense", None))
-            source = open_feedback(spec, backend_ds, cfg.paths.index_dir, t.backend.type,
+            source = open_feedback(spec, backend_ds, cfg.paths.index_dir, t.backend.type,  # opening builds the index
                                    bm25=getattr(t.backend, "bm25", None), dense=getattr(t.backend, "dense", None))
-            results_for = source.for_requests if source is not None else None
+            if source is None:
+                ensure_index(backend_ds, cfg.paths.index_dir, t.backend.type, dense=getattr(t.backend, "dense", None))
+            else:
+                results_for = source.for_requests
         out = cfg.run_dir / "prompts" / t.task
         splits = [t.train_split] + ([t.eval_split] if t.eval_split and t.eval_split != t.train_split else [])
         files = prepare(spec, t.dataset, cfg.paths.data_root, out, splits, results_for)
